@@ -1,0 +1,1 @@
+"""Simulated tasks (installed as robot_pref.envs)."""

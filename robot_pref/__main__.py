@@ -1,0 +1,3 @@
+from robot_pref.cli import main
+
+raise SystemExit(main())

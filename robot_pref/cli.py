@@ -1,0 +1,63 @@
+"""`robot-pref`: one console script, one subcommand per workflow step.
+
+Each room registers its own subcommands in a light `commands` module (argument parsing only; the
+heavy imports happen when a command runs), so `robot-pref --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMAND_MODULES = (
+    "robot_pref.data.commands",  # info, import-robomimic
+    "robot_pref.envs.commands",  # collect
+    "robot_pref.render.commands",  # render
+    "robot_pref.feedback.commands",  # label, label-report
+    "robot_pref.reward.commands",  # fit-reward, relabel
+    "robot_pref.rl.commands",  # train, compare
+    "robot_pref.eval.commands",  # eval
+    "robot_pref.hardware.commands",  # teleop, rollout, serve
+    "robot_pref.pipeline.commands",  # run
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robot-pref",
+        description="Robot offline RL from vision-language-model preference feedback.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:  # a real missing dependency inside the module
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    from robot_pref.data.dataset import DatasetError
+
+    try:
+        args._run(args)
+    except (DatasetError, FileNotFoundError, ValueError, KeyError) as err:
+        print(f"robot-pref {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"robot-pref {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0

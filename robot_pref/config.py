@@ -1,0 +1,145 @@
+"""Typed dataclass configs, turned into command-line flags and loaded from YAML.
+
+Every workflow step is a function taking one dataclass config. `add_command` derives the step's
+flags from the dataclass fields (``--field-name``), so the CLI, YAML configs and the pipeline all
+speak the same names. Nested dataclasses become dotted YAML sections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, get_args, get_origin
+
+import yaml
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def parse_value(tp: Any, text: str) -> Any:
+    """Parse a command-line string into a field of type ``tp``."""
+    tp, optional = _unwrap_optional(tp)
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    if tp is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean (true/false), got {text!r}")
+    if get_origin(tp) is Literal:
+        if text not in get_args(tp):
+            raise ValueError(f"expected one of {list(get_args(tp))}, got {text!r}")
+        return text
+    if get_origin(tp) in (tuple, list):
+        (item,) = {a for a in get_args(tp) if a is not Ellipsis} or {str}
+        return get_origin(tp)(parse_value(item, t) for t in text.split(",") if t)
+    if get_origin(tp) is dict or (dataclasses.is_dataclass(tp)):
+        return yaml.safe_load(text)
+    return tp(text)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """Add ``--name`` for every field of ``cls`` (``--section.name`` for nested dataclasses)."""
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        name = prefix + f.name
+        base, _ = _unwrap_optional(tp)
+        if dataclasses.is_dataclass(base):
+            add_dataclass_args(parser, base, prefix=name + ".")
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if base is bool:
+            parser.add_argument(flag, dest=name, nargs="?", const="true", default=argparse.SUPPRESS,
+                                type=lambda s, tp=tp: parse_value(tp, s), help=help_text or " ")
+        else:
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=base.__name__.upper()
+                                if isinstance(base, type) else "VALUE",
+                                type=lambda s, tp=tp: parse_value(tp, s), help=help_text or " ")
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build ``cls`` from a (possibly nested, possibly dotted-key) dict; unknown keys are errors."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            nested[head] = value
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(nested) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in nested:
+            continue
+        base, _ = _unwrap_optional(hints[f.name])
+        value = nested[f.name]
+        if dataclasses.is_dataclass(base) and isinstance(value, dict):
+            value = from_dict(base, value)
+        elif get_origin(base) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping at the top level")
+    return data
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["a.b=3", "c=x"]`` -> ``{"a.b": 3, "c": "x"}`` with YAML scalar parsing."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"override {pair!r} must look like key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    cls: type,
+    func: Callable[[Any], Any],
+    help: str,
+) -> argparse.ArgumentParser:
+    """Register ``robot-pref <name>``: flags from ``cls``, plus ``--config FILE.yaml``."""
+    parser = subparsers.add_parser(name, help=help, description=help)
+    parser.add_argument("--config", dest="_config", default=None, help="YAML file with the fields below")
+    add_dataclass_args(parser, cls)
+
+    def run(args: argparse.Namespace) -> Any:
+        values = load_yaml(args._config) if args._config else {}
+        values.update({k: v for k, v in vars(args).items() if not k.startswith("_")})
+        return func(from_dict(cls, values))
+
+    parser.set_defaults(_run=run)
+    return parser

@@ -1,0 +1,50 @@
+"""`robot-pref info` and `robot-pref import-robomimic`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class InfoConfig:
+    dataset: str = field(default="", metadata={"help": "path of the zarr dataset"})
+    json: bool = field(default=False, metadata={"help": "print the summary as JSON"})
+
+
+def info(cfg: InfoConfig) -> dict:
+    from robot_pref.data.dataset import TrajectoryDataset
+
+    summary = TrajectoryDataset.open(cfg.dataset).summary()
+    if cfg.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    lines = [
+        f"dataset   {s['path']}",
+        f"env       {s['env'].get('name', '-')}  task(s) {', '.join(s['tasks']) or '-'}  fps {s['fps']:g}",
+        f"episodes  {s['episodes']}   frames {s['frames']}",
+        "arrays:",
+    ]
+    lines += [f"  {k:<28} {tuple(v)}" for k, v in s["arrays"].items()]
+    if s["rendered"]:
+        lines.append("cameras (episodes rendered):")
+        lines += [f"  {k:<28} {n}/{s['episodes']}" for k, n in s["rendered"].items()]
+    lines.append(f"ground truth: {', '.join(s['ground_truth']) or 'none'}")
+    lines.append(f"{'tier':<10}{'episodes':>10}{'frames':>10}{'success':>10}")
+    for tier, row in s["tiers"].items():
+        rate = "-" if row["success_rate"] is None else f"{100 * row['success_rate']:.0f}%"
+        lines.append(f"{tier:<10}{row['episodes']:>10}{row['frames']:>10}{rate:>10}")
+    if s["success_rate"] is not None:
+        lines.append(f"{'all':<10}{s['episodes']:>10}{s['frames']:>10}{100 * s['success_rate']:>9.0f}%")
+    return "\n".join(lines)
+
+
+def register(sub) -> None:
+    from robot_pref.config import add_command
+
+    add_command(sub, "info", InfoConfig, info, help="Summarise a dataset: episodes, arrays, cameras, tiers, success")
