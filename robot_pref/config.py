@@ -124,6 +124,18 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _flag_names(cls: type, prefix: str = "") -> set[str]:
+    names = set()
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        base, _ = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(base):
+            names |= _flag_names(base, prefix + f.name + ".")
+        else:
+            names.add(prefix + f.name)
+    return names
+
+
 def add_command(
     subparsers: argparse._SubParsersAction,
     name: str,
@@ -138,7 +150,8 @@ def add_command(
 
     def run(args: argparse.Namespace) -> Any:
         values = load_yaml(args._config) if args._config else {}
-        values.update({k: v for k, v in vars(args).items() if not k.startswith("_")})
+        names = _flag_names(cls)
+        values.update({k: v for k, v in vars(args).items() if k in names})
         return func(from_dict(cls, values))
 
     parser.set_defaults(_run=run)
