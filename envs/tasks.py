@@ -152,6 +152,9 @@ class TaskEnv:
         self._pending_seed = seed
         self._last_obs = self._observe(self._env._get_observations(force_update=True))
         self.obs_dim = int(self._last_obs.shape[0])
+        raw = self._env._get_observations(force_update=True)
+        sizes = np.cumsum([0] + [np.atleast_1d(raw[k]).shape[0] for k in self.obs_keys])
+        self._obs_slices = {k: (int(a), int(b)) for k, a, b in zip(self.obs_keys, sizes[:-1], sizes[1:])}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -193,6 +196,11 @@ class TaskEnv:
 
     def observation(self) -> np.ndarray:
         return self._last_obs.copy()
+
+    def obs_dict(self, obs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Split a flat observation (default: the current one) back into its named parts."""
+        obs = self._last_obs if obs is None else np.asarray(obs)
+        return {k: obs[..., a:b] for k, (a, b) in self._obs_slices.items()}
 
     def reward(self) -> float:
         """Dense true reward of the current state."""

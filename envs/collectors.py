@@ -1,0 +1,186 @@
+"""Scripted collectors with D4RL-style quality tiers.
+
+- ``expert``: a waypoint controller per task (move the hand to a sequence of targets read from the
+  observation with a proportional gain, open/close the gripper between them).
+- ``medium``: the expert with N(0, 0.3) action noise and random pauses (hesitation): partial success.
+- ``random``: uniform actions in the action box.
+- ``mixed``: one of the three per episode (the CLI cycles them so a mixed set holds a third of each).
+
+An episode is fully determined by its seed and tier: the seed fixes the initial state (`TaskEnv.reset`)
+and the collector's own noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from robot_pref.data.dataset import Episode, frame_key
+from robot_pref.envs.tasks import RenderOptions, TaskEnv
+
+TIERS = ("expert", "medium", "random")
+GAIN = 10.0  # action per metre of position error; an action of 1 moves the hand ~5 cm per step
+OPEN, CLOSED = -1.0, 1.0
+MEDIUM_NOISE = 0.3
+PAUSE_PROB, PAUSE_STEPS = 0.05, (3, 12)  # chance per step to start a pause, its length range
+
+Obs = dict[str, np.ndarray]
+
+
+@dataclass
+class Waypoint:
+    """Drive the hand to ``target(obs)`` with the gripper at ``gripper``; move on once within ``tol``
+    metres, or after ``steps`` steps when ``steps`` is set."""
+
+    target: Callable[[Obs], np.ndarray]
+    gripper: float
+    tol: float = 0.01
+    steps: int = 0
+
+
+class WaypointExpert:
+    """Runs a task's waypoint list; the last waypoint is held until the episode ends."""
+
+    def __init__(self, plan: Callable[[Obs], list[Waypoint]]):
+        self.plan = plan
+        self.waypoints: list[Waypoint] = []
+
+    def reset(self, obs: Obs) -> None:
+        self.waypoints = self.plan(obs)  # targets may close over the initial object poses
+        self.index, self.held = 0, 0
+
+    def act(self, obs: Obs) -> np.ndarray:
+        wp = self.waypoints[self.index]
+        error = wp.target(obs) - obs["robot0_eef_pos"]
+        self.held += 1
+        last = self.index == len(self.waypoints) - 1
+        if not last and ((wp.steps and self.held >= wp.steps) or (not wp.steps and np.abs(error).max() < wp.tol)):
+            self.index, self.held = self.index + 1, 0
+        action = np.zeros(7, np.float32)
+        action[:3] = np.clip(GAIN * error, -1.0, 1.0)
+        action[6] = wp.gripper
+        return action
+
+
+def up(z: float) -> np.ndarray:
+    return np.array([0.0, 0.0, z])
+
+
+def lift_plan(o0: Obs) -> list[Waypoint]:
+    """Top-down grasp: 8 cm above the cube, descend, close, lift 20 cm above where the cube started."""
+    start = o0["cube_pos"].copy()
+    return [
+        Waypoint(lambda o: o["cube_pos"] + up(0.08), OPEN),
+        Waypoint(lambda o: o["cube_pos"] + up(-0.005), OPEN, tol=0.006),
+        Waypoint(lambda o: o["cube_pos"] + up(-0.005), CLOSED, steps=8),
+        Waypoint(lambda o: start + up(0.20), CLOSED),
+    ]
+
+
+def stack_plan(o0: Obs) -> list[Waypoint]:
+    """Grasp the red cube (A), carry it above the green one (B), lower it until it rests on B, release."""
+    a0, b0 = o0["cubeA_pos"].copy(), o0["cubeB_pos"].copy()
+    on_b = up(0.025 + 0.02 + 0.003)  # B's half size + A's half size + clearance
+
+    def carry(offset: np.ndarray) -> Callable[[Obs], np.ndarray]:  # move the held cube, not the hand
+        return lambda o: o["robot0_eef_pos"] + (o["cubeB_pos"] + offset - o["cubeA_pos"])
+
+    return [
+        Waypoint(lambda o: o["cubeA_pos"] + up(0.08), OPEN),
+        Waypoint(lambda o: o["cubeA_pos"] + up(-0.005), OPEN, tol=0.006),
+        Waypoint(lambda o: o["cubeA_pos"] + up(-0.005), CLOSED, steps=8),
+        Waypoint(lambda o: np.array([a0[0], a0[1], b0[2] + 0.12]), CLOSED, tol=0.02),
+        Waypoint(carry(up(0.08)), CLOSED, tol=0.008),
+        Waypoint(carry(on_b), CLOSED, tol=0.004),
+        Waypoint(lambda o: o["robot0_eef_pos"], OPEN, steps=10),
+        Waypoint(lambda o: b0 + up(0.15), OPEN),
+    ]
+
+
+PLANS: dict[str, Callable[[Obs], list[Waypoint]]] = {"lift": lift_plan, "stack": stack_plan}
+
+
+def make_expert(task: str) -> WaypointExpert:
+    if task not in PLANS:
+        raise ValueError(f"no scripted expert for task {task!r}; experts exist for {sorted(PLANS)}")
+    return WaypointExpert(PLANS[task])
+
+
+def _policy(env: TaskEnv, tier: str, rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+    """A per-episode policy obs -> action for a tier, using ``rng`` for its noise."""
+    if tier == "random":
+        return lambda obs: rng.uniform(env.action_low, env.action_high).astype(np.float32)
+    expert = make_expert(env.task.name)
+    expert.reset(env.obs_dict())
+    if tier == "expert":
+        return lambda obs: expert.act(env.obs_dict(obs))
+    pause = 0
+
+    def medium(obs: np.ndarray) -> np.ndarray:
+        nonlocal pause
+        action = expert.act(env.obs_dict(obs))
+        if pause == 0 and rng.random() < PAUSE_PROB:
+            pause = int(rng.integers(*PAUSE_STEPS))
+        if pause:  # hesitate: hold the hand still, keep the gripper as the expert wants it
+            pause -= 1
+            action[:6] = 0.0
+        return action + rng.normal(0.0, MEDIUM_NOISE, size=action.shape).astype(np.float32)
+
+    return medium
+
+
+def collect_episode(
+    env: TaskEnv,
+    tier: str,
+    rng: np.random.Generator | int,
+    cameras: Sequence[str] = (),
+    size: int = 84,
+    horizon: int | None = None,
+    render_options: RenderOptions | None = None,
+) -> Episode:
+    """Roll out one episode of ``tier`` for ``horizon`` steps (default: the env's) and record it.
+
+    Row t holds s_t: observation, flattened state, r(s_t), success(s_t), the frames of s_t, and the
+    clipped action executed in s_t. The episode counts as a success when any visited state succeeded
+    (the final s_T included). ``tier='mixed'`` draws one of the tiers from ``rng``.
+    """
+    rng = np.random.default_rng(rng)
+    if tier == "mixed":
+        tier = TIERS[int(rng.integers(len(TIERS)))]
+    if tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}; choose one of {list(TIERS) + ['mixed']}")
+    seed = int(rng.integers(2**31 - 1))
+    horizon = env.horizon if horizon is None else int(horizon)
+    obs = env.reset(seed=seed)
+    policy = _policy(env, tier, np.random.default_rng(seed))
+    keys = {cam: frame_key(cam, size) for cam in cameras}
+    rows: dict[str, list] = {"obs": [], "action": [], "state": [], "reward": [], "success": []}
+    frames: dict[str, list] = {key: [] for key in keys.values()}
+    reward, success = env.reward(), env.success()
+    for _ in range(horizon):
+        for cam, key in keys.items():
+            frames[key].append(env.render(cam, size, size, render_options))
+        rows["obs"].append(obs)
+        rows["state"].append(env.get_state())
+        rows["reward"].append(reward)
+        rows["success"].append(success)
+        obs, reward, success, info = env.step(policy(obs))
+        rows["action"].append(info["action"])
+    return Episode(
+        obs=np.stack(rows["obs"]).astype(np.float32),
+        action=np.stack(rows["action"]).astype(np.float32),
+        state=np.stack(rows["state"]),
+        timestamp=np.arange(horizon, dtype=np.float64) / env.control_freq,
+        frames={key: np.stack(f) for key, f in frames.items()},
+        true_reward=np.asarray(rows["reward"], np.float32),
+        true_success=np.asarray(rows["success"], bool),
+        task=env.task.name,
+        goal=env.task.goal,
+        tier=tier,
+        source="scripted",
+        seed=seed,
+        success=bool(np.any(rows["success"]) or success),
+        terminated=False,
+    )
