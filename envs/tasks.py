@@ -149,6 +149,7 @@ class TaskEnv:
         self.action_dim = int(self.action_low.shape[0])
         self.state_dim = int(self.get_state().shape[0])
         self._renderers: dict[tuple[int, int, bool], Any] = {}
+        self._scene_option = None
         self._pending_seed = seed
         self._last_obs = self._observe(self._env._get_observations(force_update=True))
         self.obs_dim = int(self._last_obs.shape[0])
@@ -241,7 +242,11 @@ class TaskEnv:
             names = [model.camera(i).name for i in range(model.ncam)]
             raise ValueError(f"{self.task.name} has no camera {camera!r}; cameras: {names}")
         renderer = self._renderer(int(height), int(width), bool(options.multisample))
-        renderer.update_scene(self._env.sim.data._data, camera=camera)
+        if self._scene_option is None:  # what robosuite's own renderer shows: visual meshes, not collision ones
+            self._scene_option = mujoco.MjvOption()
+            self._scene_option.geomgroup[0] = int(self.kwargs.get("render_collision_mesh", False))
+            self._scene_option.geomgroup[1] = int(self.kwargs.get("render_visual_mesh", True))
+        renderer.update_scene(self._env.sim.data._data, camera=camera, scene_option=self._scene_option)
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = options.shadows
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = options.reflections
         return renderer.render()  # mujoco.Renderer already flips OpenGL's bottom-up rows
