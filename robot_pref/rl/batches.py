@@ -1,0 +1,146 @@
+"""Transition batches for offline RL, sampled on the training device.
+
+Low-dim arrays (observations, actions, rewards, terminal flags) are small, so they are normalised
+once and held on the device; a step's batch is a handful of index gathers with no host round trip.
+Frames can exceed RAM, so they are read from the zarr store by a background thread a few steps
+ahead. Indices of step s come from an RNG keyed by (seed, s) there, so prefetching never changes
+which batch a step sees and a resumed run replays the same batches.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+
+from robot_pref.data.dataset import DatasetError, TrajectoryDataset
+
+
+def transition_rewards(ds: TrajectoryDataset, reward_key: str) -> np.ndarray:
+    """Per-frame reward array r(s_t): ground truth for ``"true"`` (the oracle), else ``rewards/<key>``."""
+    if not reward_key:
+        raise ValueError("no reward key: pass --reward-key true (ground truth, the oracle baseline) or the "
+                         f"name of a learned reward; {ds.path} holds rewards {ds.reward_keys or 'none'}")
+    if reward_key == "true":
+        return ds.ground_truth("reward").astype(np.float32)
+    if reward_key not in ds.reward_keys:
+        raise KeyError(f"{ds.path} has no reward {reward_key!r} (rewards/: {ds.reward_keys or 'none'}); "
+                       "write it with `robot-pref relabel` or train on --reward-key true")
+    return ds.get(f"rewards/{reward_key}").astype(np.float32)
+
+
+def scale_rewards(r: np.ndarray, normalize: str, scale: float, bias: float) -> np.ndarray:
+    """Optional normalisation (``minmax`` to [0, 1], ``standardize`` to mean 0 / std 1), then r * scale + bias."""
+    if normalize == "minmax":
+        lo, hi = float(r.min()), float(r.max())
+        r = (r - lo) / max(hi - lo, 1e-8)
+    elif normalize == "standardize":
+        r = (r - r.mean()) / max(float(r.std()), 1e-8)
+    elif normalize != "none":
+        raise ValueError(f"reward normalisation must be none, minmax or standardize, got {normalize!r}")
+    return (r * scale + bias).astype(np.float32)
+
+
+class TransitionBatches:
+    """(s, a, r, s', d) batches of ``batch_size`` on ``device``; `sample(step)` returns a dict of tensors.
+
+    ``lowdim`` maps keys to their normalised (N, d) arrays, ``action`` is normalised to [-1, 1],
+    ``reward`` is per frame (r(s_t)); transition t uses reward[t + 1] and ``ds.terminal_flags()``.
+    """
+
+    def __init__(self, ds: TrajectoryDataset, lowdim: dict[str, torch.Tensor], action: torch.Tensor,
+                 reward: np.ndarray, frame_keys: tuple[str, ...], batch_size: int, device: torch.device,
+                 seed: int, prefetch: int = 4):
+        idx = ds.transition_indices()
+        if len(idx) == 0:
+            raise DatasetError(f"{ds.path} has no transitions (every episode has one step); collect longer episodes")
+        r_next = reward[idx + 1]
+        if not np.isfinite(r_next).all():
+            bad = int((~np.isfinite(r_next)).sum())
+            raise DatasetError(f"{bad} transitions of {ds.path} have a NaN/inf reward (a relabel that did not finish?); "
+                               "rerun `robot-pref relabel` to fill the reward array")
+        n = ds.n_frames
+        self.device = device
+        self.batch_size = batch_size
+        self.seed = seed
+        self.n_transitions = len(idx)
+        self.valid = torch.as_tensor(idx, device=device)
+        self.lowdim = {k: v.to(device) for k, v in lowdim.items()}
+        self.action = action.to(device)
+        self.reward = torch.zeros(n, device=device)
+        self.reward[self.valid] = torch.as_tensor(r_next, device=device)
+        self.done = torch.as_tensor(ds.terminal_flags(), device=device)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.frame_keys = frame_keys
+        self._ds, self._idx = ds, idx
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._prefetch = prefetch
+
+    # --------------------------------------------------------------- sampling
+    def sample(self, step: int) -> dict[str, Any]:
+        if not self.frame_keys:
+            i = self.valid[torch.randint(self.n_transitions, (self.batch_size,), generator=self.generator,
+                                         device=self.device)]
+            frames: dict[str, torch.Tensor] = {}
+        else:
+            i, frames = self._next_frames(step)
+        j = i + 1
+        obs = {k: v[i] for k, v in self.lowdim.items()}
+        next_obs = {k: v[j] for k, v in self.lowdim.items()}
+        for key in self.frame_keys:
+            obs[key], next_obs[key] = frames[key][0], frames[key][1]
+        return {"obs": obs, "next_obs": next_obs, "action": self.action[i], "reward": self.reward[i],
+                "done": self.done[i]}
+
+    def _frame_indices(self, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step])
+        return self._idx[rng.integers(0, self.n_transitions, self.batch_size)]
+
+    def _produce(self, start: int) -> None:
+        step = start
+        while not self._stop.is_set():
+            i = self._frame_indices(step)
+            both = np.concatenate([i, i + 1])
+            item = (step, i, {k: torch.from_numpy(self._ds.get(k, both)) for k in self.frame_keys})
+            if self.device.type == "cuda":
+                item[2].update({k: v.pin_memory() for k, v in item[2].items()})
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            step += 1
+
+    def _next_frames(self, step: int) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        if self._thread is None:
+            self._queue = queue.Queue(self._prefetch)
+            self._thread = threading.Thread(target=self._produce, args=(step,), daemon=True)
+            self._thread.start()
+        got, i, frames = self._queue.get()
+        if got != step:
+            raise RuntimeError(f"batch for step {got} arrived at step {step}; sample() must be called once per step")
+        b = len(i)
+        out = {}
+        for k, f in frames.items():
+            f = f.to(self.device, non_blocking=True)
+            out[k] = (f[:b], f[b:])
+        return torch.as_tensor(i, device=self.device), out
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    # --------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])

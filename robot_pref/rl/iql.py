@@ -1,0 +1,75 @@
+"""Implicit Q-Learning (Kostrikov, Nair, Levine 2021), in the shape of the CORL single-file reproduction.
+
+Batch (s, a, r, s', d): a normalised to [-1, 1], r the reward of the transition (r(s') in this
+project's reward arrays), d = 1 only when s' is a true terminal state.
+
+    L_V(psi)    = E[ L_2^tau( min_i Qhat_i(s, a) - V_psi(s) ) ],   L_2^tau(u) = |tau - 1(u < 0)| u^2
+    L_Q(theta)  = E[ (r + gamma (1 - d) V_psi(s') - Q_theta_i(s, a))^2 ]          for both critics i
+    L_pi(phi)   = E[ min(exp(beta (min_i Qhat_i(s, a) - V_psi(s))), w_max) * -log pi_phi(a | s) ]
+    Qhat       <- (1 - alpha) Qhat + alpha Q_theta                                  (polyak, alpha 0.005)
+
+V never sees an action outside the dataset: the expectile tau > 0.5 of Q over dataset actions
+approximates the max over in-support actions, and the policy is extracted by advantage-weighted
+regression (AWR), so no out-of-distribution action is ever queried.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from robot_pref.rl.learner import Learner, ObsModel, cosine
+from robot_pref.rl.networks import Actor, TwinQ, ValueNet
+
+
+def expectile_loss(u: torch.Tensor, tau: float) -> torch.Tensor:
+    """L_2^tau(u) = |tau - 1(u < 0)| * u^2, elementwise."""
+    return torch.abs(tau - (u < 0).float()) * u**2
+
+
+class IQL(Learner):
+    def __init__(self, obs_model: ObsModel, act_dim: int, *, hidden=(256, 256), lr=3e-4, actor_lr=3e-4,
+                 gamma=0.99, expectile=0.7, beta=3.0, max_weight=100.0, polyak=0.005, actor="gaussian",
+                 total_steps=1_000_000, compile=False):
+        super().__init__(obs_model, compile)
+        d = obs_model.dim
+        self.gamma, self.expectile, self.beta, self.max_weight, self.polyak = gamma, expectile, beta, max_weight, polyak
+        self.q = TwinQ(d, act_dim, hidden)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.v = ValueNet(d, hidden)
+        self.actor = Actor(d, act_dim, hidden, actor)
+        critic = list(self.obs_model.parameters()) + list(self.q.parameters()) + list(self.v.parameters())
+        self.setup_optimizer([{"params": critic, "lr": lr}, {"params": list(self.actor.parameters()), "lr": actor_lr}],
+                             [lambda _: 1.0, cosine(total_steps)])
+
+    def losses(self, batch, generator=None):
+        # image features are trained through the critics only; the actor sees them detached (as DrQ)
+        s = self.obs_model(batch["obs"], generator)
+        a, r, d = batch["action"], batch["reward"], batch["done"]
+        with torch.no_grad():
+            s_next = self.obs_model(batch["next_obs"], generator)
+            q_hat = self.q_target(s, a).min(0).values  # min_i Qhat_i(s, a)
+            next_v = self.v(s_next)  # V_psi(s')
+
+        # L_V: expectile regression of V(s) towards the target critics' Q(s, a)
+        v = self.v(s)
+        adv = q_hat - v
+        v_loss = expectile_loss(adv, self.expectile).mean()
+
+        # L_Q: one-step TD towards r + gamma V(s'), no bootstrapping through terminals
+        q_target = r + self.gamma * (1.0 - d) * next_v
+        q = self.q(s, a)  # (2, B)
+        q_loss = ((q - q_target) ** 2).mean()  # mean over both critics = CORL's sum / 2
+
+        # L_pi: advantage-weighted regression with exp(beta A) clipped at w_max
+        weight = torch.exp(self.beta * adv.detach()).clamp(max=self.max_weight)
+        actor_loss = (weight * self.actor.nll(s.detach(), a)).mean()
+
+        logs = {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "actor_loss": actor_loss.detach(),
+                "v_mean": v.detach().mean(), "adv_mean": adv.detach().mean()}
+        return v_loss + q_loss + actor_loss, logs
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q.parameters()), self.polyak)

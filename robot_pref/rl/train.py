@@ -1,0 +1,279 @@
+"""`train(cfg)`: offline IQL or BC on a trajectory dataset, with exact checkpoint/resume.
+
+Outputs in ``cfg.out``: ``log.csv`` (losses every ``log_every`` steps), ``last.pt`` (every
+``save_every`` steps and at the end; a rerun of the same command resumes from it), ``best.pt``
+(highest evaluation success when ``eval_every`` > 0) and ``train_info.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from robot_pref.data.dataset import DatasetError, TrajectoryDataset
+from robot_pref.rl.batches import TransitionBatches, scale_rewards, transition_rewards
+from robot_pref.rl.bc import BC
+from robot_pref.rl.checkpoint import load_checkpoint, resolve_device, save_checkpoint
+from robot_pref.rl.iql import IQL
+from robot_pref.rl.learner import Learner, ObsModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = field(default="", metadata={"help": "zarr dataset to train on"})
+    out: str = field(default="runs/train", metadata={"help": "run directory (rerunning with the same one resumes)"})
+    algo: Literal["iql", "bc"] = "iql"
+    reward_key: str = field(default="", metadata={
+        "help": "'true' = ground-truth reward (the oracle baseline), else a learned reward under rewards/"})
+    steps: int = 100_000
+    batch_size: int = 256
+    seed: int = 0
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present), cpu, cuda, cuda:1 ..."})
+    obs_keys: tuple[str, ...] = field(default=("obs",), metadata={
+        "help": "observation keys: low-dim arrays (obs) and/or frames (frames/agentview_84)"})
+    hidden: tuple[int, ...] = (256, 256)
+    actor: Literal["gaussian", "deterministic"] = "gaussian"
+    lr: float = 3e-4
+    actor_lr: float = 3e-4
+    gamma: float = 0.99
+    expectile: float = 0.7
+    beta: float = 3.0
+    max_weight: float = 100.0
+    polyak: float = 0.005
+    obs_std_floor: float = field(default=0.1, metadata={"help": "floor on the obs std used for normalisation"})
+    obs_clip: float = 10.0
+    reward_normalize: Literal["none", "minmax", "standardize"] = "none"
+    reward_scale: float = 1.0
+    reward_bias: float = 0.0
+    image_feature_dim: int = 64
+    image_shift: int = field(default=4, metadata={"help": "random-shift augmentation in pixels (0 = off)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the losses (pays off for long runs)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
+    log_every: int = 1000
+    save_every: int = 10_000
+    eval_every: int = field(default=0, metadata={"help": "evaluation rollouts every N steps (0 = off)"})
+    eval_episodes: int = 10
+    eval_workers: int = 1
+    overwrite: bool = field(default=False, metadata={"help": "start afresh even if OUT/last.pt exists"})
+
+
+# fields that may change between a run and its resumption without changing the result
+RESUMABLE_CHANGES = {"out", "log_every", "save_every", "eval_every", "eval_episodes", "eval_workers", "overwrite",
+                     "threads", "compile"}
+
+
+def _frame_size(ds: TrajectoryDataset, key: str) -> int:
+    shape = ds.shape(key)
+    if shape[1] != shape[2]:
+        raise DatasetError(f"{key} frames are {shape[1]}x{shape[2]}; the image encoder needs square frames")
+    done = ds.rendered_episodes(key.split("/", 1)[1])
+    if not done.all():
+        raise DatasetError(f"{key}: {int((~done).sum())} of {ds.n_episodes} episodes are not rendered; "
+                           f"run `robot-pref render --dataset {ds.path}` first")
+    return int(shape[1])
+
+
+def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device):
+    """Observation model, batches and the policy spec of a dataset."""
+    available = ds.available_keys()
+    lowdim_keys = [k for k in cfg.obs_keys if not k.startswith("frames/")]
+    frame_keys = tuple(k for k in cfg.obs_keys if k.startswith("frames/"))
+    for k in cfg.obs_keys:
+        if (k if "/" in k else f"data/{k}") not in available:
+            raise KeyError(f"observation key {k!r} is not in {ds.path}; available: {available}")
+    stats = {k: ds.stats(k) for k in lowdim_keys}
+    frame_sizes = {k: _frame_size(ds, k) for k in frame_keys}
+    obs_model = ObsModel({k: (s["mean"], s["std"]) for k, s in stats.items()}, frame_sizes,
+                         std_floor=cfg.obs_std_floor, clip=cfg.obs_clip, feature_dim=cfg.image_feature_dim,
+                         shift=cfg.image_shift).to(device)
+    with torch.no_grad():
+        lowdim = {k: obs_model.normalize(k, torch.tensor(ds.get(k), device=device).float()) for k in lowdim_keys}
+    a_stats = ds.stats("action")
+    low, high = a_stats["min"].copy(), a_stats["max"].copy()
+    flat = high - low < 1e-6
+    low[flat], high[flat] = low[flat] - 1.0, high[flat] + 1.0
+    action = torch.as_tensor(2.0 * (ds.get("action") - low) / (high - low) - 1.0).clamp(-1.0, 1.0)
+    if cfg.algo == "bc":  # behaviour cloning never reads a reward
+        reward = np.zeros(ds.n_frames, np.float32)
+    else:
+        reward = scale_rewards(transition_rewards(ds, cfg.reward_key), cfg.reward_normalize, cfg.reward_scale,
+                               cfg.reward_bias)
+    batches = TransitionBatches(ds, lowdim, action, reward, frame_keys, cfg.batch_size, device, cfg.seed)
+    tasks = sorted(set(ds.episode_table()["task"].tolist()) - {""})
+    spec = {
+        "algo": cfg.algo, "reward_key": cfg.reward_key, "dataset": ds.path,
+        "lowdim": {k: int(v.shape[1]) for k, v in lowdim.items()}, "frames": frame_sizes,
+        "hidden": list(cfg.hidden), "actor": cfg.actor, "obs_clip": cfg.obs_clip,
+        "feature_dim": cfg.image_feature_dim, "image_shift": cfg.image_shift,
+        "action_low": low.tolist(), "action_high": high.tolist(),
+        "task": ds.env_meta.get("task") or (tasks[0] if tasks else ""), "env_meta": ds.env_meta,
+    }
+    return spec, obs_model, batches
+
+
+def make_learner(cfg: TrainConfig, obs_model: ObsModel, act_dim: int) -> Learner:
+    common = dict(hidden=tuple(cfg.hidden), actor_lr=cfg.actor_lr, actor=cfg.actor, total_steps=cfg.steps,
+                  compile=cfg.compile)
+    if cfg.algo == "iql":
+        return IQL(obs_model, act_dim, lr=cfg.lr, gamma=cfg.gamma, expectile=cfg.expectile, beta=cfg.beta,
+                   max_weight=cfg.max_weight, polyak=cfg.polyak, **common)
+    if cfg.algo == "bc":
+        return BC(obs_model, act_dim, **common)
+    raise ValueError(f"unknown algo {cfg.algo!r}; choose iql or bc")
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "cached": float(cached)}}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+class _CsvLog:
+    """Append-only CSV of logged values; on resume rows past the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path, self.fields = path, None
+        rows = []
+        if resume_step and path.exists():
+            with open(path) as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+        if rows:
+            self.fields = list(rows[0])
+            with open(path, "w", newline="") as fh:
+                w = csv.DictWriter(fh, self.fields)
+                w.writeheader()
+                w.writerows(rows)
+        elif path.exists():
+            path.unlink()
+
+    def write(self, row: dict[str, Any]) -> None:
+        new = self.fields is None
+        self.fields = self.fields or list(row)
+        with open(self.path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, self.fields)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+def _evaluate(cfg: TrainConfig, ckpt: Path, step: int) -> dict[str, Any]:
+    from robot_pref.eval.rollout import EvalConfig, evaluate  # eval sits above rl; only this optional hook uses it
+
+    return evaluate(EvalConfig(policy=str(ckpt), episodes=cfg.eval_episodes, workers=cfg.eval_workers,
+                               seed=10_000 + cfg.seed, videos=0, out=str(Path(cfg.out) / "eval" / f"step_{step}"),
+                               device="cpu"))
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train; returns the summary written to ``train_info.json``."""
+    from tqdm.auto import tqdm
+
+    if not cfg.dataset:
+        raise ValueError("no dataset: pass --dataset PATH.zarr")
+    if cfg.steps <= 0 or cfg.batch_size <= 0:
+        raise ValueError(f"--steps and --batch-size must be positive (got {cfg.steps}, {cfg.batch_size})")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    ds = TrajectoryDataset.open(cfg.dataset)
+    spec, obs_model, batches = prepare(cfg, ds, device)
+    learner = make_learner(cfg, obs_model, len(spec["action_low"])).to(device)
+    generator = batches.generator if batches.frame_keys else None  # random-shift augmentation
+
+    step, wall, best, evals = 0, 0.0, None, []
+    last = out / "last.pt"
+    if last.exists() and not cfg.overwrite:
+        ckpt = load_checkpoint(last, device)
+        changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["config"].items()
+                   if k not in RESUMABLE_CHANGES and _norm(v) != _norm(getattr(cfg, k))}
+        if changed:
+            raise ValueError(f"{last} was trained with different settings {changed} (saved, now); rerun with the "
+                             "saved settings to resume, choose another --out, or pass --overwrite to start afresh")
+        learner.load_train_state(ckpt)
+        batches.load_state_dict(ckpt["sampler"])
+        _set_rng_state(ckpt["rng"], device)
+        step, wall, best, evals = ckpt["step"], ckpt["wall_s"], ckpt["best"], ckpt["evals"]
+        log.info("resuming %s from step %d", out, step)
+    csv_log = _CsvLog(out / "log.csv", step)
+
+    def save(path: Path) -> None:
+        save_checkpoint(path, {"policy": spec, "config": dataclasses.asdict(cfg), "step": step,
+                               "wall_s": wall + time.perf_counter() - t0, "best": best, "evals": evals,
+                               "sampler": batches.state_dict(), "rng": _rng_state(device), **learner.train_state()})
+
+    t0 = time.perf_counter()
+    t_log, step_log, logs = t0, step, {}
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.algo} {out.name}", unit="step", mininterval=1.0)
+    try:
+        while step < cfg.steps:
+            logs = learner.update(batches.sample(step), generator)
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                row = {"step": step, "wall_s": round(wall + now - t0, 3),
+                       "updates_per_s": round((step - step_log) / (now - t_log), 2),
+                       **{k: float(v) for k, v in logs.items()},
+                       "actor_lr": learner.scheduler.get_last_lr()[-1]}
+                t_log, step_log = now, step
+                csv_log.write(row)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k.endswith("loss")})
+            evaluate_now = cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.steps)
+            if step % cfg.save_every == 0 or step == cfg.steps or evaluate_now:
+                save(last)
+            if evaluate_now:
+                result = _evaluate(cfg, last, step)
+                evals.append({"step": step, "success_rate": result["success_rate"], "ci": result["ci"],
+                              "mean_return": result["mean_return"]})
+                if best is None or (result["success_rate"], result["mean_return"]) > (best["success_rate"],
+                                                                                         best["mean_return"]):
+                    best = evals[-1]
+                    save(last)  # record the new best inside the checkpoint too
+                    shutil.copyfile(last, out / "best.pt")
+                bar.write(f"step {step}: success {100 * result['success_rate']:.0f}% "
+                          f"(95% CI {100 * result['ci'][0]:.0f}-{100 * result['ci'][1]:.0f})")
+    except KeyboardInterrupt:
+        save(last)
+        raise
+    finally:
+        bar.close()
+        batches.close()
+    wall_s = wall + time.perf_counter() - t0
+    info = {"algo": cfg.algo, "reward_key": cfg.reward_key, "dataset": cfg.dataset, "steps": step,
+            "wall_s": round(wall_s, 2), "device": str(device), "transitions": batches.n_transitions,
+            "last_losses": {k: float(v) for k, v in logs.items()},
+            "evals": evals, "best": best, "checkpoint": str(last)}
+    (out / "train_info.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, (tuple, list)) else v
