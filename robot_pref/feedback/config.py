@@ -1,0 +1,97 @@
+"""Typed configs of `robot-pref label` / `label-report` (light: no heavy imports).
+
+Each labeler reads its own nested section (``--vlm.model``, ``--clip.margin`` ...). Everything
+here is safe to write to disk: the VLM API key is never a field, only the *name* of the
+environment variable that holds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class VLMConfig:
+    model: str = field(default="gpt-4o-mini", metadata={"help": "model name the endpoint serves"})
+    base_url: str = field(default="https://api.openai.com/v1",
+                          metadata={"help": "OpenAI-compatible endpoint (vLLM, SGLang, Ollama, Gemini ...)"})
+    api_key_env: str = field(default="OPENAI_API_KEY",
+                             metadata={"help": "name of the environment variable holding the API key"})
+    prompt: Literal["two-stage", "single-stage"] = field(
+        default="two-stage", metadata={"help": "RL-VLM-F analysis + labeling calls, or one call"})
+    temperature: float = 0.0
+    max_tokens: int = 512
+    image_format: Literal["png", "jpeg"] = "png"
+    image_size: int = field(default=0, metadata={"help": "resize frames to this many pixels (0 = as stored)"})
+    jpeg_quality: int = 90
+    concurrency: int = field(default=16, metadata={"help": "requests in flight per client actor"})
+    requests_per_minute: float = field(default=0.0, metadata={"help": "HTTP request limit over all actors (0 = none)"})
+    max_retries: int = field(default=6, metadata={"help": "retries on 429 / 5xx / timeouts / dropped connections"})
+    timeout_s: float = field(default=60.0, metadata={"help": "per-request timeout"})
+    backoff_s: float = field(default=1.0, metadata={"help": "first retry wait, doubled per retry (with jitter)"})
+    max_backoff_s: float = 60.0
+    price_input_per_mtok: float = field(default=0.0, metadata={"help": "USD per million prompt tokens (cost estimate)"})
+    price_output_per_mtok: float = field(default=0.0, metadata={"help": "USD per million completion tokens"})
+
+
+@dataclass
+class ClipConfig:
+    model: str = field(default="ViT-B-32", metadata={"help": "open_clip architecture, or local-dir:/path"})
+    pretrained: str = field(default="openai", metadata={"help": "open_clip tag or checkpoint file; '' = random init"})
+    model_config: str = field(default="", metadata={"help": "extra architecture JSON for open_clip.add_model_config"})
+    baseline: str = field(default="", metadata={"help": "VLM-RM baseline prompt; '' = plain cosine similarity"})
+    alpha: float = field(default=0.5, metadata={"help": "VLM-RM projection strength (with --clip.baseline)"})
+    margin: float = field(default=0.0, metadata={"help": "score gap below which the answer is -1"})
+    batch_size: int = 64
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpu_fraction: float = field(default=0.25, metadata={"help": "GPU share per CLIP actor when the cluster has GPUs"})
+    seed: int = field(default=0, metadata={"help": "torch seed for random-init models (tests)"})
+
+
+@dataclass
+class TeacherConfig:
+    kind: Literal["oracle", "stochastic", "myopic", "mistake", "skip", "equal"] = field(
+        default="oracle", metadata={"help": "B-Pref teacher preset"})
+    beta: float | None = field(default=None, metadata={"help": "rationality (stochastic preset: 1); none = perfectly rational"})
+    gamma: float | None = field(default=None, metadata={"help": "myopic discount (myopic preset: 0.9)"})
+    eps: float | None = field(default=None, metadata={"help": "mistake probability (mistake preset: 0.1)"})
+    skip: float | None = field(default=None, metadata={"help": "skip threshold / average segment return (skip preset: 0.1)"})
+    equal: float | None = field(default=None, metadata={"help": "tie threshold / average segment return (equal preset: 0.1)"})
+    segment: int = field(default=1, metadata={"help": "frames per segment, ending at the queried frame"})
+    seed: int = 0
+
+
+@dataclass
+class ReplayConfig:
+    path: str = field(default="", metadata={"help": "recorded labels: .npz / .json / .csv with indices_1, indices_2, labels"})
+
+
+@dataclass
+class LabelConfig:
+    dataset: str = field(default="", metadata={"help": "zarr dataset with rendered frames"})
+    camera: str = field(default="agentview_84", metadata={"help": "frame key (agentview_84) or camera name"})
+    labeler: str = field(default="teacher", metadata={"help": "vlm | clip | teacher | replay (or a registered type)"})
+    pairs: int = field(default=1000, metadata={"help": "number of pairs to label (replay: 0 = all recorded)"})
+    out: str = field(default="", metadata={"help": "labels directory (beside the dataset, never inside)"})
+    sampler: str = field(default="uniform", metadata={"help": "uniform | same-time | disagreement"})
+    seed: int = 0
+    goal: str = field(default="", metadata={"help": "goal text (default: the dataset's episode goal)"})
+    budget: int = field(default=0, metadata={"help": "most new queries this run (0 = no limit); rerun to continue"})
+    workers: int = field(default=1, metadata={"help": "labeler actors (vlm, clip)"})
+    address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: RAY_ADDRESS or local)"})
+    reward_model: str = field(default="", metadata={"help": "reward checkpoint for --sampler disagreement"})
+    pool_size: int = field(default=0, metadata={"help": "candidate pool for --sampler disagreement (0 = its default)"})
+    progress: bool = True
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+
+@dataclass
+class LabelReportConfig:
+    dataset: str = field(default="", metadata={"help": "the dataset the labels index into (needs ground truth)"})
+    labels: str = field(default="", metadata={"help": "labels directory written by `robot-pref label`"})
+    out: str = field(default="", metadata={"help": "where to write label_report.json/.png (default: the labels dir)"})
+    bins: int = field(default=8, metadata={"help": "true-reward-gap bins of the accuracy plot"})

@@ -1,0 +1,113 @@
+"""The labeler interface and registry: (frame a, frame b, goal) -> 0 / 1 / -1 with metadata.
+
+A labeler is chosen by ``type`` (vlm, clip, teacher, replay, or any registered name / lazy
+``"module:Class"``). The cache key of a query hashes what decides its answer: both frames'
+bytes (or the frame indices, for labelers that read ground truth by index), the goal text and
+the labeler's `settings()` (type, model, prompt version ...), so a rerun never asks twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from robot_pref.feedback.samplers import resolve
+from robot_pref.feedback.store import Answer
+
+LABELERS: dict[str, type | str] = {
+    "vlm": "robot_pref.feedback.vlm:VLMLabeler",
+    "clip": "robot_pref.feedback.clip:ClipLabeler",
+    "teacher": "robot_pref.feedback.teacher:TeacherLabeler",
+    "replay": "robot_pref.feedback.replay:ReplayLabeler",
+}
+
+
+def register_labeler(name: str, cls: type | str) -> None:
+    LABELERS[name] = cls
+
+
+def labeler_class(type: str) -> type["Labeler"]:
+    return resolve(LABELERS, type, "labeler")
+
+
+@dataclass
+class Query:
+    key: str
+    index_a: int
+    index_b: int
+    frame_a: np.ndarray | None = None  # uint8 (H, W, 3); None for index-based labelers
+    frame_b: np.ndarray | None = None
+
+    def answer(self, label: int, status: str, raw: str = "", **meta: Any) -> Answer:
+        return Answer(self.key, self.index_a, self.index_b, int(label), status, raw, meta)
+
+
+class Secret:
+    """A string that prints as ``***`` so it cannot leak through logs, reprs or tracebacks."""
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+class Labeler:
+    """Base class. Subclasses set ``type`` and implement `settings` and async `label`."""
+
+    type: ClassVar[str] = ""
+    uses_frames: ClassVar[bool] = True  # False: the answer depends on frame indices (ground truth)
+    remote: ClassVar[bool] = False  # True: runs inside Ray actors (`actor_options`)
+    chunk_size: int = 256  # queries per call
+
+    def __init__(self, cfg: Any, goal: str, dataset=None):
+        self.cfg, self.goal = cfg, goal
+
+    def settings(self) -> dict:
+        """Everything that changes an answer (goes into the cache key; never secrets)."""
+        raise NotImplementedError
+
+    async def label(self, queries: list[Query]) -> list[Answer]:
+        raise NotImplementedError
+
+    def fixed_pairs(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Pairs this labeler must be asked about (replay), or None to use the sampler."""
+        return None
+
+    @classmethod
+    def actor_options(cls, cfg: Any, workers: int, cluster_gpus: float) -> dict:
+        return {"num_cpus": 1}
+
+    @classmethod
+    def in_flight(cls, cfg: Any, n_actors: int) -> int:
+        """Batches kept queued over all actors (enough to keep each one busy)."""
+        return 2 * n_actors
+
+    @classmethod
+    def actor_kwargs(cls, cfg: Any) -> dict:
+        """Extra constructor arguments read on the driver (e.g. the API key, as a `Secret`)."""
+        return {}
+
+    def query_keys(self, index_a: np.ndarray, index_b: np.ndarray, frames_a=None, frames_b=None) -> list[str]:
+        head = hashlib.sha256(json.dumps({"type": self.type, "goal": self.goal, **self.settings()},
+                                         sort_keys=True).encode())
+        keys = []
+        for i in range(len(index_a)):
+            h = head.copy()
+            if self.uses_frames:
+                for f in (frames_a[i], frames_b[i]):
+                    h.update(repr(f.shape).encode())
+                    h.update(np.ascontiguousarray(f).tobytes())
+            else:
+                h.update(f"{int(index_a[i])},{int(index_b[i])}".encode())
+            keys.append(h.hexdigest())
+        return keys

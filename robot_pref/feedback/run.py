@@ -1,0 +1,225 @@
+"""`label(cfg)`: sample pairs, answer them with a labeler, commit every answer to the store.
+
+The driver reads frames, hashes each query and serves what the store already holds; the rest
+goes to the labeler: in-process for cheap labelers (teacher, replay), or to Ray actors for vlm
+(async client actors, many requests each) and clip (batched scoring, GPU share when present).
+Answers are committed as they arrive, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from robot_pref.data.dataset import DatasetError, TrajectoryDataset
+from robot_pref.feedback.config import LabelConfig
+from robot_pref.feedback.labelers import Labeler, Query, labeler_class
+from robot_pref.feedback.samplers import make_sampler
+from robot_pref.feedback.store import (FAILED, LABEL_STATUSES, SKIPPED, STORE_NAME, UNPARSABLE, Answer,
+                                       LabelStore, answers_to_label_set)
+
+log = logging.getLogger(__name__)
+READ_CHUNK = 512  # pairs whose frames are read and hashed at once
+
+
+def resolve_frame_key(ds: TrajectoryDataset, camera: str) -> str:
+    if camera in ds.frame_keys:
+        return camera
+    matches = [k for k in ds.frame_keys if k.rsplit("_", 1)[0] == camera]
+    if len(matches) == 1:
+        return matches[0]
+    raise DatasetError(f"{ds.path} has {'several' if matches else 'no'} frame arrays for camera {camera!r} "
+                       f"(frame keys: {ds.frame_keys}); pass --camera with one of them, or render it with "
+                       f"`robot-pref render --dataset {ds.path}`")
+
+
+def resolve_goal(ds: TrajectoryDataset, goal: str) -> str:
+    if goal:
+        return goal
+    goals = [g for g in ds.episode_table()["goal"].tolist() if g]
+    if goals:
+        return collections.Counter(goals).most_common(1)[0][0]
+    task = ds.env_meta.get("task")
+    if task:
+        try:
+            from robot_pref.envs import get_task
+
+            return get_task(task).goal
+        except (ImportError, KeyError, ValueError):
+            pass
+    raise ValueError(f"{ds.path} records no goal text; pass --goal 'to lift the red cube'")
+
+
+def resolve_out(cfg: LabelConfig) -> Path:
+    data = Path(cfg.dataset).resolve()
+    out = Path(cfg.out) if cfg.out else data.parent / f"{data.stem}_labels" / cfg.labeler
+    if out.resolve() == data or data in out.resolve().parents:
+        raise ValueError(f"--out {out} lies inside the dataset {data}; labels live beside the dataset, "
+                         f"e.g. --out {data.parent / 'labels' / cfg.labeler}")
+    return out
+
+
+def sample_pairs(cfg: LabelConfig, ds: TrajectoryDataset, frame_key: str, labeler: Labeler):
+    fixed = labeler.fixed_pairs()
+    if fixed is not None:
+        n = len(fixed[0]) if cfg.pairs <= 0 else min(cfg.pairs, len(fixed[0]))
+        return fixed[0][:n], fixed[1][:n]
+    options = {k: v for k, v in (("reward_model", cfg.reward_model), ("pool_size", cfg.pool_size)) if v}
+    return make_sampler(cfg.sampler, ds, frame_key, cfg.seed, **options).sample(cfg.pairs)
+
+
+class LabelerActor:
+    """Hosts one labeler in a Ray worker; async, so a VLM actor runs many requests at once."""
+
+    def __init__(self, type: str, cfg, goal: str, kwargs: dict):
+        self.labeler = labeler_class(type)(cfg, goal, **kwargs)
+
+    async def label(self, queries: list[Query]) -> list[Answer]:
+        return await self.labeler.label(queries)
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "device": str(getattr(self.labeler, "device", "cpu"))}
+
+
+def start_actors(cfg: LabelConfig, cls: type[Labeler], section, goal: str):
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.address or None, ignore_reinit_error=True)
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    options = cls.actor_options(section, cfg.workers, gpus)
+    kwargs = cls.actor_kwargs(section)
+    actor = ray.remote(LabelerActor).options(**options, max_restarts=2, max_task_retries=2)
+    return [actor.remote(cls.type, section, goal, kwargs) for _ in range(max(1, cfg.workers))]
+
+
+def run_remote(actors, batches: Iterator[list[Query]], in_flight: int) -> Iterator[list[Answer]]:
+    """Keep ``in_flight`` batches queued over the actors; yield each batch's answers as it finishes."""
+    import ray
+
+    pending: dict = {}
+    load = [0] * len(actors)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < in_flight:
+            batch = next(batches, None)
+            if batch is None:
+                exhausted = True
+                break
+            i = int(np.argmin(load))
+            pending[actors[i].label.remote(batch)] = (i, batch)
+            load[i] += 1
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            i, batch = pending.pop(ref)
+            load[i] -= 1
+            try:
+                yield ray.get(ref)
+            except ray.exceptions.RayError as err:  # actor died past its restarts: ask again next run
+                log.error("labeler actor failed on %d queries: %s", len(batch), err)
+                yield [q.answer(-1, FAILED, raw=str(err)[:2000]) for q in batch]
+
+
+def label(cfg: LabelConfig) -> dict:
+    """Label ``cfg.pairs`` pairs of ``cfg.dataset`` into ``cfg.out``; returns the run's counts."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    ds = TrajectoryDataset.open(cfg.dataset)
+    frame_key = resolve_frame_key(ds, cfg.camera)
+    goal = resolve_goal(ds, cfg.goal)
+    out = resolve_out(cfg)
+    cls = labeler_class(cfg.labeler)
+    section = getattr(cfg, cfg.labeler, None)
+    labeler = cls(section, goal, dataset=ds)
+    index_a, index_b = sample_pairs(cfg, ds, frame_key, labeler)
+    n = len(index_a)
+    out.mkdir(parents=True, exist_ok=True)
+    store = LabelStore(out / STORE_NAME)
+    settings = {"type": cls.type, "goal": goal, "frame_key": frame_key, **labeler.settings()}
+    run_id = store.start_run({"config": dataclasses.asdict(cfg), "settings": settings})
+    results: list[Answer | None] = [None] * n
+    positions: dict[str, list[int]] = {}  # query key -> pair positions (equal content asks once)
+    counts = collections.Counter({k: 0 for k in ("answered", "cached", "abstained", "failed", "skipped")})
+    bar = tqdm(total=n, desc=f"label[{cls.type}]", unit="pair", disable=not cfg.progress)
+
+    def record(pos: int, ans: Answer, cached: bool) -> None:
+        results[pos] = dataclasses.replace(ans, index_a=int(index_a[pos]), index_b=int(index_b[pos]))
+        if ans.status == FAILED:
+            counts["failed"] += 1
+        elif ans.status == SKIPPED:
+            counts["skipped"] += 1
+        else:
+            counts["cached" if cached else "answered"] += 1
+            counts["abstained"] += ans.label == -1
+        bar.update(1)
+
+    def batches() -> Iterator[list[Query]]:
+        """Uncached queries in the labeler's batch size, honouring the query budget."""
+        asked, todo = 0, []
+        for s in range(0, n, READ_CHUNK):
+            ia, ib = index_a[s : s + READ_CHUNK], index_b[s : s + READ_CHUNK]
+            fa = fb = None
+            if cls.uses_frames:
+                fa, fb = ds.get(f"frames/{frame_key}", ia), ds.get(f"frames/{frame_key}", ib)
+            keys = labeler.query_keys(ia, ib, fa, fb)
+            cached = store.get(keys)
+            for j, key in enumerate(keys):
+                if key in cached:
+                    record(s + j, cached[key], cached=True)
+                elif key in positions:
+                    positions[key].append(s + j)
+                elif not cfg.budget or asked < cfg.budget:
+                    positions[key] = [s + j]
+                    todo.append(Query(key, int(ia[j]), int(ib[j]), None if fa is None else fa[j],
+                                      None if fb is None else fb[j]))
+                    asked += 1
+                    if len(todo) >= labeler.chunk_size:
+                        yield todo
+                        todo = []
+            bar.set_postfix(counts, refresh=False)
+        if todo:
+            yield todo
+
+    if cls.remote:
+        actors = start_actors(cfg, cls, section, goal)
+        stream = run_remote(actors, batches(), cls.in_flight(section, len(actors)))
+    else:
+        stream = (asyncio.run(labeler.label(batch)) for batch in batches())
+    try:
+        for answers in stream:
+            store.put(answers)  # one transaction per arriving batch (VLM: per answer)
+            for ans in answers:
+                for pos in positions.pop(ans.key):
+                    record(pos, ans, cached=False)
+            bar.set_postfix(counts, refresh=False)
+    finally:
+        bar.close()
+        done = [a for a in results if a is not None and a.status in LABEL_STATUSES]
+        answers_to_label_set(done).save(out)
+        counts.update({"pairs": n, "labels": len(done), "not_asked": sum(a is None for a in results)})
+        counts["unparsable"] = sum(a.status == UNPARSABLE for a in done)
+        summary = {"dataset": str(cfg.dataset), "out": str(out), "labeler": cls.type, "frame_key": frame_key,
+                   "goal": goal, "settings": settings, "counts": dict(counts),
+                   "wall_s": round(time.perf_counter() - t0, 3), "config": dataclasses.asdict(cfg)}
+        (out / "label_run.json").write_text(json.dumps(summary, indent=2, default=str))
+        store.finish_run(run_id, dict(counts))
+        store.close()
+    if counts["not_asked"] and cfg.budget:
+        log.warning("query budget %d reached: %d pairs not asked; rerun to continue (answers are cached)",
+                    cfg.budget, counts["not_asked"])
+    if counts["failed"]:
+        log.warning("%d queries failed after retries; rerun to ask them again", counts["failed"])
+    log.info("labels: %s -> %s", dict(counts), out)
+    return summary
