@@ -15,20 +15,31 @@ action t is applied in s_t). Reward arrays hold r(s_t), so the reward of transit
 is reward[t + 1]; the last step of an episode only has a successor when the episode was
 cut by a time-out, never across episodes (see `transition_indices`).
 
-Appends are episode-atomic: all arrays are written first, then `attrs.n_episodes` is bumped
-(zarr's LocalStore writes metadata atomically). Rows past the committed length are leftovers of
-an interrupted append and are overwritten by the next one.
+Appends are episode-atomic: all arrays are written first, then `attrs.n_episodes` is bumped.
+zarr's LocalStore writes every chunk and metadata file to a temporary file and renames it into
+place, so a killed writer leaves each file either old or new, never half-written; rows past the
+committed length are leftovers of an interrupted append and are overwritten by the next one.
+Arrays are written with ``write_empty_chunks`` on, so every committed row has its chunk file and
+a deleted file is reported as a truncated store instead of silently reading as the fill value.
+
+Frames are zarr v3 shards of `FRAME_SHARD` frames with one-frame inner chunks: a random frame is
+one small byte range (read by `robot_pref.data.shards.ShardReader`), an episode is one or two
+files, and a million frames are ~4k files rather than a million.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import zarr
+
+from robot_pref.data.shards import ShardReader
 
 SCHEMA_VERSION = 1
 FORMAT = "robot_pref.trajectories"
@@ -47,6 +58,11 @@ FRAME_SHARD = 256  # frames per shard file; inner chunks hold one frame for rand
 
 class DatasetError(ValueError):
     """A store that cannot be used as asked; the message names the problem and the fix."""
+
+
+def _writing():
+    """zarr config for array handles that write: keep chunks equal to the fill value as files."""
+    return zarr.config.set({"array.write_empty_chunks": True})
 
 
 @dataclass
@@ -85,7 +101,9 @@ class TrajectoryDataset:
         self.root = root
         self.path = path
         self.writable = writable
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: dict[str, np.ndarray] = {}  # low-dim arrays, episode ends, render flags
+        self._arrays: dict[str, zarr.Array] = {}  # open array handles (opening reads zarr.json)
+        self._readers: dict[str, ShardReader | None] = {}
 
     # ------------------------------------------------------------------ open / create
     @classmethod
@@ -107,7 +125,8 @@ class TrajectoryDataset:
                 f"{path} already exists; open it with TrajectoryDataset.open(path, 'a') to append, "
                 "or pass overwrite=True (CLI: --overwrite) to replace it"
             )
-        root = zarr.open_group(path, mode="w", zarr_format=3)
+        with _writing():
+            root = zarr.open_group(path, mode="w", zarr_format=3)
         root.attrs.update(
             {
                 "format": FORMAT,
@@ -147,6 +166,11 @@ class TrajectoryDataset:
         try:
             root = zarr.open_group(path, mode="r" if mode == "r" else "r+", zarr_format=3)
         except Exception as err:  # zarr raises several types for "not a group"
+            if (Path(path) / "zarr.json").is_file() and (Path(path) / "meta").is_dir():
+                raise DatasetError(
+                    f"{path}/zarr.json cannot be read ({type(err).__name__}: {err}): the store's root metadata "
+                    "is corrupt. Copy the dataset again from its source"
+                ) from err
             raise DatasetError(
                 f"{path} is not a robot_pref dataset (no readable zarr v3 group: {err}); "
                 "point at a store written by `robot-pref collect` or `robot-pref import-robomimic`"
@@ -168,27 +192,91 @@ class TrajectoryDataset:
         return ds
 
     def _validate(self) -> None:
-        missing = [f"{g}/{k}" for g, keys in (("data", REQUIRED_DATA_KEYS), ("meta", ("episode_ends",))) for k in keys
-                   if g not in self.root or k not in self.root[g]]
+        try:
+            self._check_structure()
+            missing = self._missing_chunks()
+        except DatasetError:
+            raise
+        except Exception as err:  # a corrupt zarr.json of an array or a damaged chunk of meta/
+            raise DatasetError(
+                f"{self.path} cannot be read ({type(err).__name__}: {err}); some metadata or chunk file is "
+                "corrupt. Copy the dataset again from its source"
+            ) from err
+        if missing:
+            raise DatasetError(
+                f"{self.path} is truncated: {len(missing)} chunk file(s) of committed rows are missing "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}). Copy the dataset again "
+                "from its source (or re-render the frames key named)"
+            )
+
+    def _check_structure(self) -> None:
+        n_ep = self.root.attrs.get("n_episodes")
+        if not isinstance(n_ep, int) or n_ep < 0:
+            raise DatasetError(f"{self.path}: attrs.n_episodes={n_ep!r} is not a count; the root zarr.json was edited")
+        required = [f"data/{k}" for k in REQUIRED_DATA_KEYS] + [
+            f"meta/{k}" for k in ("episode_ends", *EPISODE_COLUMNS, *EPISODE_TEXT_COLUMNS)]
+        present = {f"{g}/{k}" for g in ("data", "meta") if g in self.root for k, _ in self.root[g].arrays()}
+        missing = [k for k in required if k not in present]
+        missing += [g for g in STEP_GROUPS + ("meta/rendered",) if g not in self.root]
         if missing:
             raise DatasetError(
                 f"{self.path} is missing {', '.join(missing)}; the store is incomplete or was written by "
                 "another tool. Re-create it (robot-pref collect / import-robomimic)"
             )
-        n_ep, n = self.n_episodes, self.n_frames
-        ends = self.root["meta/episode_ends"]
-        if ends.shape[0] < n_ep:
-            raise DatasetError(
-                f"{self.path}: attrs.n_episodes={n_ep} but meta/episode_ends holds {ends.shape[0]} rows; "
-                "the store was truncated (copied partially?). Copy it again from its source"
-            )
-        for group in STEP_GROUPS:
-            for key, arr in self.root[group].arrays():
-                if arr.shape[0] < n:
-                    raise DatasetError(
-                        f"{self.path}: {group}/{key} has {arr.shape[0]} rows but the committed episodes "
-                        f"span {n} steps; the store was truncated. Copy it again from its source"
-                    )
+        for key in ("meta/episode_ends", *(f"meta/{k}" for k in (*EPISODE_COLUMNS, *EPISODE_TEXT_COLUMNS))):
+            if self.root[key].shape[0] < n_ep:
+                raise DatasetError(
+                    f"{self.path}: attrs.n_episodes={n_ep} but {key} holds {self.root[key].shape[0]} rows; "
+                    "the store was truncated (copied partially?). Copy it again from its source"
+                )
+        ends = self.episode_ends
+        if len(ends) and (ends[0] <= 0 or np.any(np.diff(ends) <= 0)):
+            raise DatasetError(f"{self.path}: meta/episode_ends is not strictly increasing; the store is corrupt")
+        n = self.n_frames
+        for key, arr in self._step_arrays().items():
+            if arr.shape[0] < n:
+                raise DatasetError(
+                    f"{self.path}: {key} has {arr.shape[0]} rows but the committed episodes "
+                    f"span {n} steps; the store was truncated. Copy it again from its source"
+                )
+            if key.startswith("frames/") and (arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8):
+                raise DatasetError(f"{self.path}: {key} is {arr.dtype} {arr.shape}, frames must be uint8 (N, H, W, 3)")
+        for key in ("data/obs", "data/action", "data/state"):
+            if self.root[key].ndim != 2:
+                raise DatasetError(f"{self.path}: {key} has shape {self.root[key].shape}, expected (N, dim)")
+
+    def _missing_chunks(self) -> list[str]:
+        """Chunk files that committed rows need but that are gone (a truncated copy, a deleted file).
+
+        Learned rewards are skipped (unwritten rows are NaN by design), as are frames of episodes not
+        rendered yet and render-progress flags (a lost flag only means an episode is rendered again).
+        """
+        root = Path(self.path)
+        if not root.is_dir():
+            return []
+        n, n_ep = self.n_frames, self.n_episodes
+        needs: dict[str, np.ndarray] = {}
+        for key, arr in self._step_arrays().items():
+            if key.startswith("frames/"):
+                rendered = self.rendered_episodes(key.split("/", 1)[1])
+                rows = [np.arange(s, e) for s, e in zip(self.episode_starts[rendered], self.episode_ends[rendered])]
+                needs[key] = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+            elif not key.startswith("rewards/"):
+                needs[key] = np.arange(n)
+        for name in ("episode_ends", *EPISODE_COLUMNS, *EPISODE_TEXT_COLUMNS):
+            needs[f"meta/{name}"] = np.arange(n_ep)
+        missing = []
+        for key, rows in needs.items():
+            meta = self.root[key].metadata
+            if getattr(meta.chunk_key_encoding, "name", None) != "default" or not len(rows):
+                continue
+            sep = meta.chunk_key_encoding.separator
+            tail = "".join(sep + "0" for _ in meta.shape[1:])
+            for chunk in np.unique(rows // meta.chunk_grid.chunk_shape[0]):
+                name = f"c{sep}{chunk}{tail}"
+                if not (root / key / name).is_file():
+                    missing.append(f"{key}/{name}")
+        return missing
 
     # ------------------------------------------------------------------ shape of the data
     @property
@@ -266,47 +354,95 @@ class TrajectoryDataset:
         return (self.n_frames,) + tuple(arr.shape[1:])
 
     # ------------------------------------------------------------------ reading
+    @staticmethod
+    def _full_key(key: str) -> str:
+        return key if "/" in key else f"data/{key}"
+
     def _array(self, key: str) -> zarr.Array:
-        group = key.split("/", 1)[0]
-        if group == "ground_truth":
+        key = self._full_key(key)
+        arr = self._arrays.get(key)
+        if arr is not None:
+            return arr
+        if key.split("/", 1)[0] == "ground_truth":
             raise DatasetError(
                 "ground truth is kept apart from learner inputs; read it explicitly with "
                 "dataset.ground_truth(name)"
             )
-        if "/" not in key:
-            key = f"data/{key}"
         if key not in self.root:
             raise KeyError(f"{self.path} has no array {key!r}; available: {self.available_keys()}")
-        return self.root[key]
+        with _writing():
+            arr = self._arrays[key] = self.root[key]
+        return arr
 
     def available_keys(self) -> list[str]:
         return [f"{g}/{k}" for g in ("data", "frames", "rewards") for k in self.keys(g)]
 
+    def _damaged(self, key: str, err: Exception) -> DatasetError:
+        return DatasetError(
+            f"{self.path}: reading {key} failed ({type(err).__name__}: {err}); the store is damaged. "
+            f"Run `robot-pref info --dataset {self.path} --verify` to list what is broken, then copy the "
+            "dataset again from its source (frames: delete the key and render again)"
+        )
+
     def get(self, key: str, indices: np.ndarray | slice | None = None) -> np.ndarray:
         """Rows of a per-step array. ``key`` is ``obs``, ``frames/agentview_84``, ``rewards/vlm`` ...
 
-        Low-dim arrays are read once and kept in memory; frames are read from disk per call (one
-        inner chunk per frame), so datasets larger than RAM work.
+        Low-dim arrays are read once and kept in memory (read-only: copy before changing them in
+        place); frames are read from disk per call (one small byte range per frame), so datasets
+        larger than RAM work. Indices may be unsorted and repeated; rows come back in their order.
         """
+        key = self._full_key(key)
         arr = self._array(key)
-        is_frames = key.startswith("frames/")
         if indices is None:
             indices = slice(0, self.n_frames)
-        if not is_frames:
+        if not key.startswith("frames/"):
             cached = self._cache.get(key)
             if cached is None:
-                cached = self._cache[key] = np.asarray(arr[: self.n_frames])
+                try:
+                    cached = np.asarray(arr[: self.n_frames])
+                except Exception as err:
+                    raise self._damaged(key, err) from err
+                cached.flags.writeable = False
+                self._cache[key] = cached
             return cached[indices]
-        if isinstance(indices, slice):
-            return np.asarray(arr[indices])
-        indices = np.asarray(indices, dtype=np.int64)
-        if len(indices) and (indices.min() < 0 or indices.max() >= self.n_frames):
-            raise IndexError(f"frame indices must lie in [0, {self.n_frames}), got {indices.min()}..{indices.max()}")
-        order = np.argsort(indices, kind="stable")
-        unique, inverse = np.unique(indices[order], return_inverse=True)
-        rows = np.asarray(arr.oindex[unique]) if len(unique) else np.zeros((0,) + arr.shape[1:], arr.dtype)
-        out = np.empty((len(indices),) + arr.shape[1:], dtype=arr.dtype)
-        out[order] = rows[inverse]
+        rows = np.arange(self.n_frames)[indices] if isinstance(indices, slice) else np.asarray(indices, np.int64)
+        if rows.ndim != 1:
+            raise IndexError(f"frame indices must be one-dimensional, got shape {rows.shape}")
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n_frames):
+            raise IndexError(f"frame indices must lie in [0, {self.n_frames}), got {rows.min()}..{rows.max()}")
+        self._require_rendered(key, rows)
+        try:
+            return self._read_frames(key, arr, rows)
+        except Exception as err:
+            raise self._damaged(key, err) from err
+
+    def _require_rendered(self, key: str, rows: np.ndarray) -> None:
+        name = key.split("/", 1)[1]
+        done = self._cache.get(f"rendered/{name}")
+        if done is None:
+            done = self._cache[f"rendered/{name}"] = self.rendered_episodes(name)
+        todo = ~done[self.episode_of(rows)]
+        if todo.any():
+            first = int(self.episode_of(rows[todo][:1])[0])
+            camera, _, size = name.rpartition("_")
+            raise DatasetError(
+                f"{key}: {int(todo.sum())} of the {len(rows)} requested frames belong to episodes not rendered "
+                f"yet (e.g. episode {first}; {int(done.sum())}/{len(done)} rendered). Run `robot-pref render "
+                f"--dataset {self.path} --camera {camera} --size {size}` first, or read only rendered episodes "
+                "(`rendered_episodes(key)`)"
+            )
+
+    def _read_frames(self, key: str, arr: zarr.Array, rows: np.ndarray) -> np.ndarray:
+        if key not in self._readers:
+            self._readers[key] = ShardReader.for_array(arr)
+        reader = self._readers[key]
+        if reader is not None:
+            return reader.read(rows)
+        order = np.argsort(rows, kind="stable")  # zarr wants sorted unique indices
+        unique, inverse = np.unique(rows[order], return_inverse=True)
+        out = np.empty((len(rows),) + arr.shape[1:], dtype=arr.dtype)
+        if len(unique):
+            out[order] = np.asarray(arr.oindex[unique])[inverse]
         return out
 
     def get_batch(self, indices: np.ndarray, keys: Sequence[str]) -> dict[str, np.ndarray]:
@@ -320,7 +456,10 @@ class TrajectoryDataset:
                 f"{self.path} holds no ground truth {name!r} (available: {self.keys('ground_truth')}); "
                 "it exists only for simulated data with a known reward"
             )
-        return np.asarray(self.root[key][: self.n_frames])
+        try:
+            return np.asarray(self.root[key][: self.n_frames])
+        except Exception as err:
+            raise self._damaged(key, err) from err
 
     def has_ground_truth(self, name: str = "reward") -> bool:
         return f"ground_truth/{name}" in self.root
@@ -341,40 +480,84 @@ class TrajectoryDataset:
         for e in range(self.n_episodes):
             yield self.episode(e, keys)
 
+    def verify(self, progress: bool = False) -> dict[str, int]:
+        """Decode every committed row (low-dim, ground truth, episode table, rendered frames).
+
+        `open` already checks the structure and that every needed chunk file exists; this also reads
+        them, which finds corrupt bytes (slow on big stores: every rendered frame is read). Returns
+        rows checked per array; raises DatasetError naming the first damaged array.
+        """
+        from tqdm import tqdm
+
+        checked = {}
+        for key in self.keys("data") + [f"rewards/{k}" for k in self.reward_keys]:
+            checked[key] = len(self.get(key))
+        for name in self.keys("ground_truth"):
+            checked[f"ground_truth/{name}"] = len(self.ground_truth(name))
+        try:
+            checked["meta"] = len(self.episode_table()["length"])
+        except Exception as err:
+            raise self._damaged("meta/", err) from err
+        for name in self.frame_keys:
+            episodes = np.flatnonzero(self.rendered_episodes(name))
+            for e in tqdm(episodes, desc=f"verify frames/{name}", unit="episode", disable=not progress):
+                checked[f"frames/{name}"] = checked.get(f"frames/{name}", 0) + len(
+                    self.get(f"frames/{name}", self.episode_slice(int(e))))
+        return checked
+
+    def batches(self, keys: Sequence[str], batch_size: int = 256, **options: Any):
+        """Endless random batches read in background threads; see `robot_pref.data.sampler.BatchSampler`."""
+        from robot_pref.data.sampler import BatchSampler
+
+        return BatchSampler(self, keys, batch_size, **options)
+
     # ------------------------------------------------------------------ writing
+    @contextlib.contextmanager
+    def _write(self):
+        """Every write runs inside this: checks the mode, writes empty chunks, drops stale caches."""
+        if not self.writable:
+            raise DatasetError(f"{self.path} was opened read-only; open it with mode='a' to write")
+        try:
+            with _writing():
+                yield
+        finally:
+            self._invalidate()
+
     def _require_writable(self) -> None:
         if not self.writable:
             raise DatasetError(f"{self.path} was opened read-only; open it with mode='a' to write")
 
     def _invalidate(self) -> None:
         self._cache.clear()
+        self._arrays.clear()
+        self._readers.clear()
 
     def _step_arrays(self) -> dict[str, zarr.Array]:
         return {f"{g}/{k}": a for g in STEP_GROUPS for k, a in self.root[g].arrays()}
 
     def create_frames(self, key: str, height: int, width: int) -> zarr.Array:
         """Create (or return) the frames array for a camera/resolution, sized to the dataset."""
-        self._require_writable()
-        group = self.root["frames"]
-        if key in group:
-            arr = group[key]
-            if tuple(arr.shape[1:]) != (height, width, 3):
-                raise DatasetError(
-                    f"frames/{key} exists with frame shape {tuple(arr.shape[1:])}, not {(height, width, 3)}; "
-                    "use another key or delete the array first"
-                )
+        with self._write():
+            group = self.root["frames"]
+            if key in group:
+                arr = group[key]
+                if tuple(arr.shape[1:]) != (height, width, 3):
+                    raise DatasetError(
+                        f"frames/{key} exists with frame shape {tuple(arr.shape[1:])}, not {(height, width, 3)}; "
+                        "use another key or delete the array first"
+                    )
+                return arr
+            arr = group.create_array(
+                key,
+                shape=(self.n_frames, height, width, 3),
+                chunks=(1, height, width, 3),
+                shards=(FRAME_SHARD, height, width, 3),
+                dtype="uint8",
+                fill_value=0,
+            )
+            self.root["meta/rendered"].create_array(key, shape=(self.n_episodes,), chunks=(STEP_CHUNK,),
+                                                    dtype="bool", fill_value=False)
             return arr
-        arr = group.create_array(
-            key,
-            shape=(self.n_frames, height, width, 3),
-            chunks=(1, height, width, 3),
-            shards=(FRAME_SHARD, height, width, 3),
-            dtype="uint8",
-            fill_value=0,
-        )
-        self.root["meta/rendered"].create_array(key, shape=(self.n_episodes,), chunks=(STEP_CHUNK,),
-                                                dtype="bool", fill_value=False)
-        return arr
 
     def rendered_episodes(self, key: str) -> np.ndarray:
         """Which episodes have their frames under ``key`` written (resumable rendering)."""
@@ -387,51 +570,55 @@ class TrajectoryDataset:
         return done
 
     def write_episode_frames(self, key: str, episode: int, frames: np.ndarray) -> None:
-        """Write one episode's frames, then mark it rendered (so a crash loses at most this episode)."""
-        self._require_writable()
-        sl = self.episode_slice(episode)
-        arr = self.root[f"frames/{key}"]
-        if frames.shape != (sl.stop - sl.start,) + tuple(arr.shape[1:]):
-            raise DatasetError(
-                f"episode {episode} has {sl.stop - sl.start} steps of frame shape {tuple(arr.shape[1:])}, "
-                f"got frames of shape {frames.shape}"
-            )
-        arr[sl] = frames
-        self.root[f"meta/rendered/{key}"][episode] = True
+        """Write one episode's frames, then mark it rendered (so a crash loses at most this episode).
+
+        One writer at a time: episodes share 256-frame shard files, and zarr has no locking.
+        """
+        with self._write():
+            sl = self.episode_slice(episode)
+            arr = self.root[f"frames/{key}"]
+            frames = np.asarray(frames)
+            if frames.shape != (sl.stop - sl.start,) + tuple(arr.shape[1:]) or frames.dtype != np.uint8:
+                raise DatasetError(
+                    f"episode {episode} has {sl.stop - sl.start} steps of uint8 frames {tuple(arr.shape[1:])}, "
+                    f"got {frames.dtype} frames of shape {frames.shape}"
+                )
+            arr[sl] = frames
+            self.root[f"meta/rendered/{key}"][episode] = True
 
     def write_reward(self, key: str, values: np.ndarray, start: int = 0, attrs: Mapping | None = None) -> None:
         """Write rows [start, start+len) of the learned reward ``rewards/<key>`` (created NaN-filled)."""
-        self._require_writable()
-        group = self.root["rewards"]
-        if key not in group:
-            group.create_array(key, shape=(self.n_frames,), chunks=(STEP_CHUNK,), dtype="float32",
-                               fill_value=float("nan"))
-        arr = group[key]
         values = np.asarray(values, dtype=np.float32).reshape(-1)
-        if start + len(values) > self.n_frames:
+        if start < 0 or start + len(values) > self.n_frames:
             raise DatasetError(f"reward rows {start}:{start + len(values)} exceed the {self.n_frames} frames")
-        arr[start : start + len(values)] = values
-        if attrs:
-            arr.attrs.update(dict(attrs))
-        self._cache.pop(f"rewards/{key}", None)
+        with self._write():
+            group = self.root["rewards"]
+            if key not in group:
+                group.create_array(key, shape=(self.n_frames,), chunks=(STEP_CHUNK,), dtype="float32",
+                                   fill_value=float("nan"))
+            arr = group[key]
+            arr[start : start + len(values)] = values
+            if attrs:
+                arr.attrs.update(dict(attrs))
 
     def delete(self, key: str) -> None:
         """Remove a frames or rewards array (never data/ or ground truth)."""
-        self._require_writable()
-        group, name = key.split("/", 1)
-        if group not in ("frames", "rewards"):
+        group, _, name = key.partition("/")
+        if group not in ("frames", "rewards") or not name:
             raise DatasetError(f"only frames/ and rewards/ arrays can be deleted, not {key!r}")
-        del self.root[group][name]
-        if group == "frames" and name in self.root["meta/rendered"]:
-            del self.root["meta/rendered"][name]
-        self._invalidate()
+        with self._write():
+            del self.root[group][name]
+            if group == "frames" and name in self.root["meta/rendered"]:
+                del self.root["meta/rendered"][name]
 
-    def append_episode(self, ep: Episode) -> int:
-        """Append one episode atomically; returns its index."""
-        self._require_writable()
-        T = len(ep)
+    def _episode_values(self, ep: Episode) -> dict[str, np.ndarray]:
+        """The per-step arrays of ``ep`` by store key, checked against the store before anything is written."""
+        T = len(ep.action) if ep.action is not None else 0
         if T == 0:
-            raise DatasetError("cannot append an empty episode")
+            raise DatasetError("cannot append an empty episode (no actions)")
+        for name in ("obs", "action", "state"):
+            if getattr(ep, name) is None:
+                raise DatasetError(f"episode field {name} is missing; every episode needs obs, action and state")
         values: dict[str, np.ndarray] = {
             "data/obs": np.asarray(ep.obs, np.float32),
             "data/action": np.asarray(ep.action, np.float32),
@@ -444,9 +631,21 @@ class TrajectoryDataset:
         if ep.true_success is not None:
             values["ground_truth/success"] = np.asarray(ep.true_success, bool)
         for key, frames in ep.frames.items():
-            values[f"frames/{key}"] = np.asarray(frames, np.uint8)
+            frames = np.asarray(frames)
+            if "/" in key or not key:
+                raise DatasetError(f"frame key {key!r} must be a plain name like {frame_key('agentview', 84)!r}")
+            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+                raise DatasetError(
+                    f"episode frames {key!r} must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}; "
+                    "convert float images with (255 * x).round().astype(np.uint8)"
+                )
+            values[f"frames/{key}"] = frames
+        ndim = {"data/obs": 2, "data/action": 2, "data/state": 2, "data/timestamp": 1,
+                "ground_truth/reward": 1, "ground_truth/success": 1}
         arrays = self._step_arrays()
         for key, value in values.items():
+            if key in ndim and value.ndim != ndim[key]:
+                raise DatasetError(f"episode field {key} has shape {value.shape}, expected {ndim[key]} dimension(s)")
             if len(value) != T:
                 raise DatasetError(f"episode field {key} has {len(value)} rows, the episode has {T} steps")
             if key in arrays and tuple(value.shape[1:]) != tuple(arrays[key].shape[1:]):
@@ -454,52 +653,65 @@ class TrajectoryDataset:
                     f"episode field {key} has per-step shape {tuple(value.shape[1:])}, the dataset stores "
                     f"{tuple(arrays[key].shape[1:])}; check the task/env config matches the dataset"
                 )
-        n, e = self.n_frames, self.n_episodes
-        for key, value in values.items():
-            if key not in arrays:
-                self._create_step_array(key, value)
-                arrays = self._step_arrays()
-        for key, arr in arrays.items():
-            arr.resize((n + T,) + tuple(arr.shape[1:]))
-            if key in values:
-                arr[n : n + T] = values[key]
-            else:  # an array this episode does not provide (a learned reward, unrendered frames)
-                arr[n : n + T] = arr.fill_value
-        meta = self.root["meta"]
-        row = {
-            "episode_ends": n + T,
-            "length": T,
-            "seed": ep.seed,
-            "success": -1 if ep.success is None else int(bool(ep.success)),
-            "terminated": bool(ep.terminated),
-            "task": ep.task,
-            "goal": ep.goal,
-            "tier": ep.tier,
-            "source": ep.source,
-        }
-        for name, value in row.items():
-            arr = meta[name]
-            arr.resize((e + 1,))
-            arr[e : e + 1] = np.asarray([value], dtype=object if isinstance(value, str) else arr.dtype)
-        for key, arr in meta["rendered"].arrays():
-            arr.resize((e + 1,))
-            arr[e] = f"frames/{key}" in values
-        self.root.attrs["n_episodes"] = e + 1  # commit
-        self._invalidate()
+            if key in ("data/obs", "data/action") and not np.isfinite(value).all():
+                raise DatasetError(f"episode field {key} holds NaN or inf values; fix the collector/importer")
+        return values
+
+    def append_episode(self, ep: Episode) -> int:
+        """Append one episode atomically; returns its index.
+
+        Every array is written first and `attrs.n_episodes` last: a process killed in between leaves
+        the store at its previous episode count, and the next append overwrites the leftover rows.
+        """
+        self._require_writable()
+        values = self._episode_values(ep)
+        T = len(ep.action)
+        with self._write():
+            n, e = self.n_frames, self.n_episodes
+            arrays = self._step_arrays()
+            for key, value in values.items():
+                if key not in arrays:
+                    self._create_step_array(key, value, n)
+            for key, arr in self._step_arrays().items():
+                arr.resize((n + T,) + tuple(arr.shape[1:]))
+                if key in values:
+                    arr[n : n + T] = values[key]
+                else:  # an array this episode does not provide (a learned reward, unrendered frames)
+                    arr[n : n + T] = arr.fill_value
+            meta = self.root["meta"]
+            row = {
+                "episode_ends": n + T,
+                "length": T,
+                "seed": ep.seed,
+                "success": -1 if ep.success is None else int(bool(ep.success)),
+                "terminated": bool(ep.terminated),
+                "task": ep.task,
+                "goal": ep.goal,
+                "tier": ep.tier,
+                "source": ep.source,
+            }
+            for name, value in row.items():
+                arr = meta[name]
+                arr.resize((e + 1,))
+                arr[e : e + 1] = np.asarray([value], dtype=object if isinstance(value, str) else arr.dtype)
+            for key, arr in meta["rendered"].arrays():
+                arr.resize((e + 1,))
+                arr[e] = f"frames/{key}" in values
+            self.root.attrs["n_episodes"] = e + 1  # commit
         return e
 
-    def _create_step_array(self, key: str, value: np.ndarray) -> None:
+    def _create_step_array(self, key: str, value: np.ndarray, n: int) -> None:
         group, name = key.split("/", 1)
-        n = self.n_frames
         if group == "frames":
-            if value.ndim != 4 or value.shape[-1] != 3:
-                raise DatasetError(f"{key}: frames must be uint8 (T, H, W, 3), got shape {value.shape}")
             # earlier episodes stay unrendered (meta/rendered False) until `robot-pref render`
             self.create_frames(name, value.shape[1], value.shape[2])
             return
         fill = False if value.dtype == bool else float("nan")
-        self.root[group].create_array(name, shape=(n,) + value.shape[1:], chunks=(STEP_CHUNK,) + value.shape[1:],
-                                      dtype=value.dtype, fill_value=fill)
+        arr = self.root[group].create_array(name, shape=(n,) + value.shape[1:],
+                                            chunks=(STEP_CHUNK,) + value.shape[1:], dtype=value.dtype,
+                                            fill_value=fill)
+        if n:  # earlier episodes did not record it: write the fill so every committed row has its chunk
+            arr[:n] = fill
 
     def update_attrs(self, **attrs: Any) -> None:
         self._require_writable()
@@ -508,23 +720,34 @@ class TrajectoryDataset:
 
     # ------------------------------------------------------------------ statistics
     def compute_stats(self, keys: Sequence[str] = ("obs", "action")) -> dict[str, dict[str, list]]:
-        """Normalisation stats (mean, std, min, max) of low-dim arrays, stored in attrs['stats']."""
-        stats = {}
+        """Normalisation stats (mean, std, min, max over frames; NaN rows ignored) of low-dim arrays.
+
+        Stored in attrs['stats'] (when writable) with the frame count ``n`` they cover, so `stats`
+        recomputes them once episodes were appended.
+        """
+        stats = dict(self.root.attrs.get("stats", {}))
         for key in keys:
-            x = self.get(key).astype(np.float64)
-            stats[key] = {
-                "mean": x.mean(0).tolist(), "std": x.std(0).tolist(),
-                "min": x.min(0).tolist(), "max": x.max(0).tolist(),
-            }
+            if self._full_key(key).startswith("frames/"):
+                raise DatasetError(f"stats are for low-dim arrays; frames {key!r} are normalised as x / 255")
+            x = self.get(key).astype(np.float64).reshape(self.n_frames, -1)
+            x = x[~np.isnan(x).any(1)]
+            if not len(x):
+                raise DatasetError(f"{key} has no rows without NaN in {self.path}; nothing to compute stats from")
+            shape = self.shape(key)[1:]
+            stats[key] = {name: getattr(np, name)(x, axis=0).reshape(shape).tolist()
+                          for name in ("mean", "std", "min", "max")}
+            stats[key]["n"] = self.n_frames
         if self.writable:
             self.root.attrs["stats"] = stats
-        return stats
+        self._cache["stats"] = stats
+        return {k: stats[k] for k in keys}
 
     def stats(self, key: str) -> dict[str, np.ndarray]:
-        stats = self.root.attrs.get("stats", {})
-        if key not in stats:
-            stats = self.compute_stats(sorted(set(stats) | {key}))
-        return {k: np.asarray(v, np.float32) for k, v in stats[key].items()}
+        """mean/std/min/max of a low-dim array as float32, computed (and stored) when missing or stale."""
+        stats = self._cache.get("stats") or self.root.attrs.get("stats", {})
+        if stats.get(key, {}).get("n") != self.n_frames:
+            stats = {key: self.compute_stats([key])[key]}
+        return {k: np.asarray(v, np.float32) for k, v in stats[key].items() if k != "n"}
 
     def summary(self) -> dict[str, Any]:
         """What `robot-pref info` prints."""
