@@ -1,0 +1,130 @@
+"""Rendering from saved states: equality with online frames, 1 vs 2 actors, resume, bad input."""
+
+import numpy as np
+import pytest
+
+from robot_pref.data.dataset import DatasetError, Episode, TrajectoryDataset
+from robot_pref.render import RenderConfig, render_dataset
+
+KEY = "agentview_48"
+EPISODES, STEPS = 4, 10
+
+
+@pytest.fixture(scope="module")
+def online(tmp_path_factory):
+    """A Lift dataset whose frames were rendered online while stepping (random actions, 4 x 10 steps)."""
+    from robot_pref.envs import make_env
+
+    path = tmp_path_factory.mktemp("render") / "lift.zarr"
+    rng = np.random.default_rng(0)
+    with make_env("lift", seed=0) as env:
+        ds = TrajectoryDataset.create(path, obs_dim=env.obs_dim, action_dim=env.action_dim,
+                                      state_dim=env.state_dim, fps=env.control_freq, env=env.meta())
+        for e in range(EPISODES):
+            obs, states, actions, frames = [env.reset(seed=e)], [], [], []
+            for _ in range(STEPS):
+                states.append(env.get_state())
+                frames.append(env.render("agentview", 48, 48))
+                actions.append(rng.uniform(-1, 1, env.action_dim).astype(np.float32))
+                obs.append(env.step(actions[-1])[0])
+            ds.append_episode(Episode(obs=np.array(obs[:-1]), action=np.array(actions), state=np.array(states),
+                                      frames={KEY: np.array(frames)}, task="lift", seed=e))
+    return path, ds.get(f"frames/{KEY}")
+
+
+def cfg(path, **kw):
+    return RenderConfig(dataset=str(path), camera="agentview", size=48, **kw)
+
+
+def frames(path, key=KEY):
+    return TrajectoryDataset.open(path).get(f"frames/{key}")
+
+
+def test_replay_equals_online_and_two_actors_equal_one(online, ray_session):
+    path, online_frames = online
+    assert online_frames.std() > 10  # a real image, not a blank buffer
+    # online frames were written by the collector loop: nothing is left to render
+    assert render_dataset(cfg(path))["episodes"] == 0
+
+    one = render_dataset(cfg(path, overwrite=True))
+    assert one["episodes"] == EPISODES and one["frames"] == EPISODES * STEPS and one["actors"] == 1
+    # software and GPU GL are deterministic for the same state, scene and options: demand exact equality
+    np.testing.assert_array_equal(frames(path), online_frames)
+
+    two = render_dataset(cfg(path, overwrite=True, actors=2))
+    assert two["actors"] == 2 and min(two["frames_per_actor"]) > 0  # both actors really rendered
+    np.testing.assert_array_equal(frames(path), online_frames)
+    assert TrajectoryDataset.open(path).rendered_episodes(KEY).all()
+
+
+def test_resume_after_interruption(online, ray_session, monkeypatch):
+    path, online_frames = online
+    key = "agentview_32x40"
+    write = TrajectoryDataset.write_episode_frames
+    calls = []
+
+    def crash_after_two(self, *args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process is stopped between two episodes
+        calls.append(args[1])
+        write(self, *args)
+
+    monkeypatch.setattr(TrajectoryDataset, "write_episode_frames", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        render_dataset(cfg(path, height=32, width=40))
+    monkeypatch.undo()
+    ds = TrajectoryDataset.open(path)
+    assert ds.rendered_episodes(key).tolist() == [e in calls for e in range(EPISODES)] and len(calls) == 2
+    done = np.flatnonzero(np.repeat(ds.rendered_episodes(key), STEPS))
+    partial = ds.get(f"frames/{key}", done)
+
+    rest = render_dataset(cfg(path, height=32, width=40))
+    assert rest["episodes"] == EPISODES - 2 and rest["skipped"] == 2
+    resumed = frames(path, key)
+    assert resumed.shape == (EPISODES * STEPS, 32, 40, 3) and resumed.std() > 10
+    np.testing.assert_array_equal(resumed[done], partial)  # episodes written before the stop are kept
+
+    full = render_dataset(cfg(path, height=32, width=40, overwrite=True))
+    assert full["episodes"] == EPISODES
+    np.testing.assert_array_equal(frames(path, key), resumed)
+
+
+def test_bad_camera_is_a_clear_error(online, ray_session):
+    path, _ = online
+    with pytest.raises(ValueError, match="no camera 'nope'.*agentview"):
+        render_dataset(RenderConfig(dataset=str(path), camera="nope", size=16))
+    assert TrajectoryDataset.open(path).rendered_episodes(KEY).all()  # nothing already written was touched
+
+
+def test_dataset_without_env_meta_or_states(online, tmp_path, ray_session):
+    def dataset(name, env, state):
+        ds = TrajectoryDataset.create(tmp_path / name, obs_dim=2, action_dim=1, state_dim=state.shape[1], fps=10,
+                                      env=env)
+        ds.append_episode(Episode(obs=np.zeros((2, 2)), action=np.zeros((2, 1)), state=state))
+        return ds.path
+
+    lift_meta = TrajectoryDataset.open(online[0]).env_meta
+    with pytest.raises(DatasetError, match="no env metadata"):
+        render_dataset(cfg(dataset("bare.zarr", {}, np.zeros((2, 3)))))
+    with pytest.raises(DatasetError, match="lacks simulator states for 2 of 2 frames"):
+        render_dataset(cfg(dataset("nan.zarr", lift_meta, np.full((2, 32), np.nan))))
+    with pytest.raises(DatasetError, match="states of dim 3 but the env rebuilt .* has state dim 32"):
+        render_dataset(cfg(dataset("other.zarr", lift_meta, np.zeros((2, 3)))))
+    with pytest.raises(DatasetError, match="cannot rebuild the scene .* unknown task 'nope'"):
+        render_dataset(cfg(dataset("task.zarr", dict(lift_meta, task="nope"), np.zeros((2, 32)))))
+    with pytest.raises(DatasetError, match="does not exist"):
+        render_dataset(cfg(tmp_path / "missing.zarr"))
+
+
+def test_cli_flags_reach_the_config(monkeypatch):
+    import robot_pref.render.render as render_module
+    from robot_pref.cli import build_parser
+
+    seen = []
+    monkeypatch.setattr(render_module, "render_dataset", seen.append)
+    args = build_parser().parse_args(["render", "--dataset", "x.zarr", "--camera", "robot0_eye_in_hand",
+                                      "--height", "96", "--width", "128", "--actors", "2", "--shadows"])
+    args._run(args)
+    assert seen == [RenderConfig(dataset="x.zarr", camera="robot0_eye_in_hand", height=96, width=128, actors=2,
+                                 shadows=True)]
+    assert seen[0].shape == (96, 128)
