@@ -93,7 +93,7 @@ class Labeler:
         return 2 * n_actors
 
     @classmethod
-    def actor_kwargs(cls, cfg: Any) -> dict:
+    def actor_kwargs(cls, cfg: Any, workers: int) -> dict:
         """Extra constructor arguments read on the driver (e.g. the API key, as a `Secret`)."""
         return {}
 

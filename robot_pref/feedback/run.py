@@ -90,14 +90,13 @@ class LabelerActor:
         return {"pid": os.getpid(), "device": str(getattr(self.labeler, "device", "cpu"))}
 
 
-def start_actors(cfg: LabelConfig, cls: type[Labeler], section, goal: str):
+def start_actors(cfg: LabelConfig, cls: type[Labeler], section, goal: str, kwargs: dict):
     import ray
 
     if not ray.is_initialized():
         ray.init(address=cfg.address or None, ignore_reinit_error=True)
     gpus = float(ray.cluster_resources().get("GPU", 0))
     options = cls.actor_options(section, cfg.workers, gpus)
-    kwargs = cls.actor_kwargs(section)
     actor = ray.remote(LabelerActor).options(**options, max_restarts=2, max_task_retries=2)
     return [actor.remote(cls.type, section, goal, kwargs) for _ in range(max(1, cfg.workers))]
 
@@ -142,7 +141,8 @@ def label(cfg: LabelConfig) -> dict:
     out = resolve_out(cfg)
     cls = labeler_class(cfg.labeler)
     section = getattr(cfg, cfg.labeler, None)
-    labeler = cls(section, goal, dataset=ds)
+    kwargs = cls.actor_kwargs(section, max(1, cfg.workers))
+    labeler = cls(section, goal, dataset=ds, **kwargs)
     index_a, index_b = sample_pairs(cfg, ds, frame_key, labeler)
     n = len(index_a)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +193,7 @@ def label(cfg: LabelConfig) -> dict:
             yield todo
 
     if cls.remote:
-        actors = start_actors(cfg, cls, section, goal)
+        actors = start_actors(cfg, cls, section, goal, kwargs)
         stream = run_remote(actors, batches(), cls.in_flight(section, len(actors)))
     else:
         stream = (asyncio.run(labeler.label(batch)) for batch in batches())

@@ -1,0 +1,188 @@
+"""A local OpenAI-compatible chat-completions server that judges frames by their red pixels.
+
+For tests, benchmarks and dry runs of the VLM labeler without a model: it speaks the real
+protocol over HTTP on 127.0.0.1, decodes the images it is sent, writes an RL-VLM-F style
+analysis ("the red square covers about 12.3% of the view ...") and answers the labeling call
+from that analysis, so two-stage queries really depend on the first stage. Faults are injected
+per request by a callable (429 with Retry-After, 500, slow answers, garbage text, dropped
+connections), and every request is recorded.
+
+    with MockVLM(latency=0.3) as server:     # server.url -> http://127.0.0.1:PORT/v1
+        ...
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+import numpy as np
+
+GARBAGE = "I am not able to compare these pictures, but here is a poem about robots instead."
+
+
+def red_fraction(frame: np.ndarray) -> float:
+    f = frame.astype(np.int16)
+    return float(np.mean((f[..., 0] > 150) & (f[..., 1] < 100) & (f[..., 2] < 100)))
+
+
+@dataclass
+class Request:
+    t: float  # arrival time (time.monotonic)
+    kind: str  # "analysis" | "label" | "single"
+    query: str  # hash of what identifies the question (the images, or the pasted analysis)
+    attempt: int  # how many times this exact request arrived before
+    fault: str | None
+    authorization: str
+
+
+class MockVLM:
+    """``faults(request) -> None | "429" | "500" | "slow" | "garbage" | "drop"`` picks a fault per request."""
+
+    def __init__(self, latency: float = 0.0, faults: Callable[[Request], str | None] | None = None,
+                 retry_after: str = "1", slow_s: float = 5.0, api_key: str | None = None, tie_margin: float = 0.002):
+        self.latency, self.faults, self.retry_after, self.slow_s = latency, faults, retry_after, slow_s
+        self.api_key, self.tie_margin = api_key, tie_margin
+        self.requests: list[Request] = []
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> "MockVLM":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "MockVLM":
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                server._handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.httpd:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+    # ------------------------------------------------------------------ the model
+    def judge(self, frames: list[np.ndarray]) -> tuple[str, str]:
+        """Analysis text and the single-line answer for two frames."""
+        p1, p2 = red_fraction(frames[0]), red_fraction(frames[1])
+        if abs(p1 - p2) <= self.tie_margin:
+            verdict, answer = "There is no visible difference between the two images in terms of the goal.", "-1"
+        elif p2 > p1:
+            verdict, answer = "Image 2 is closer to achieving the goal: its red square is larger.", "1"
+        else:
+            verdict, answer = "Image 1 is closer to achieving the goal: its red square is larger.", "0"
+        analysis = (f"1. Image 1 shows a plain scene with a red square covering about {100 * p1:.1f}% of the view.\n"
+                    f"2. Image 2 shows the same scene with a red square covering about {100 * p2:.1f}% of the view.\n"
+                    f"3. {verdict}")
+        return analysis, answer
+
+    @staticmethod
+    def answer_from_analysis(text: str) -> str:
+        if "Image 2 is closer" in text:
+            return "1"
+        if "Image 1 is closer" in text:
+            return "0"
+        return "-1" if "no visible difference" in text else "I cannot tell."
+
+    # ------------------------------------------------------------------ HTTP
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        body = h.rfile.read(int(h.headers.get("Content-Length", 0)))
+        if not h.path.rstrip("/").endswith("/chat/completions"):
+            return self._send(h, 404, {"error": {"message": f"no route {h.path}"}})
+        if self.api_key is not None and h.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._send(h, 401, {"error": {"message": "invalid API key", "type": "invalid_request_error"}})
+        req = json.loads(body)
+        content = req["messages"][-1]["content"]
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+        images = [p["image_url"]["url"] for p in parts if p.get("type") == "image_url"]
+        text = "\n".join(p["text"] for p in parts if p.get("type") == "text")
+        if images:
+            kind = "single" if "Reply a single line" in text else "analysis"
+            query = hashlib.sha256("".join(images).encode()).hexdigest()
+        else:
+            kind = "label"
+            query = hashlib.sha256(text.encode()).hexdigest()
+        with self._lock:
+            attempt = self._seen.get(kind + query, 0)
+            self._seen[kind + query] = attempt + 1
+            record = Request(time.monotonic(), kind, query, attempt, None, h.headers.get("Authorization", ""))
+            record.fault = self.faults(record) if self.faults else None
+            self.requests.append(record)
+        if self.latency:
+            time.sleep(self.latency)
+        fault = record.fault
+        if fault == "429":
+            return self._send(h, 429, {"error": {"message": "rate limited", "type": "rate_limit_error"}},
+                              {"Retry-After": self.retry_after})
+        if fault == "500":
+            return self._send(h, 500, {"error": {"message": "internal error", "type": "server_error"}})
+        if fault == "drop":
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if fault == "slow":
+            time.sleep(self.slow_s)
+        if fault == "garbage":
+            reply = GARBAGE
+        elif kind == "label":
+            reply = self.answer_from_analysis(text)
+        else:
+            analysis, answer = self.judge([decode(u) for u in images])
+            reply = answer if kind == "single" else analysis
+        prompt_tokens = len(re.findall(r"\w+", text)) + 85 * len(images)
+        completion_tokens = len(re.findall(r"\w+|-1", reply))
+        self._send(h, 200, {
+            "id": f"chatcmpl-{query[:12]}", "object": "chat.completion", "created": int(time.time()),
+            "model": req.get("model", "mock"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+
+    @staticmethod
+    def _send(h: BaseHTTPRequestHandler, code: int, payload: dict, headers: dict | None = None) -> None:
+        data = json.dumps(payload).encode()
+        try:
+            h.send_response(code)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout) first
+            h.close_connection = True
+
+
+def decode(data_url: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
