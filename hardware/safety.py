@@ -21,27 +21,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-
 import numpy as np
 
+from robot_pref.hardware.config import SafetyConfig
 from robot_pref.hardware.interface import Observation, Robot, RobotInfo, SafetyFault
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SafetyConfig:
-    joint_margin: float = field(default=0.05, metadata={"help": "rad kept clear of every joint limit"})
-    workspace_low: tuple[float, ...] | None = field(
-        default=None, metadata={"help": "x,y,z (m, base frame) of the workspace box; default: the robot's"})
-    workspace_high: tuple[float, ...] | None = field(default=None, metadata={"help": "x,y,z upper corner"})
-    max_ee_step: float = field(default=0.05, metadata={"help": "m the hand may move per control step"})
-    max_rot_step: float = field(default=0.5, metadata={"help": "rad the hand may turn per control step"})
-    max_joint_step: float = field(default=0.05, metadata={"help": "rad any joint may move per control step"})
-    rate_limit: bool = field(default=True, metadata={"help": "scale down commands sent faster than control_freq"})
-    watchdog_periods: float = field(
-        default=3.0, metadata={"help": "stop after this many control periods without a command (0 = off)"})
 
 
 def _cap_norm(v: np.ndarray, limit: float) -> np.ndarray:

@@ -1,0 +1,47 @@
+"""`robot-pref teleop`, `robot-pref rollout` and `robot-pref serve` (light: heavy imports run in the commands)."""
+
+from __future__ import annotations
+
+import os
+
+from robot_pref.hardware.config import RolloutConfig, ServeConfig, TeleopConfig
+
+
+def serve(cfg: ServeConfig) -> None:
+    from robot_pref.hardware.record import open_robot
+    from robot_pref.hardware.server import RobotServer
+
+    if cfg.robot.startswith("remote:"):
+        raise ValueError("serve wraps a local backend (sim:TASK, fake, ur:IP, franka:IP), not remote:")
+    robot = open_robot(cfg.robot, cameras=cfg.cameras, size=cfg.size, safety=cfg.safety, seed=cfg.seed,
+                       watchdog=True)
+    server = RobotServer(robot, cfg.host, cfg.port, token=cfg.token or os.environ.get("ROBOT_PREF_TOKEN"))
+    print(f"serving {cfg.robot} on tcp://{cfg.host}:{server.port} (Ctrl-C stops; the arm is stopped on exit)",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+def teleop(cfg: TeleopConfig) -> dict:
+    from robot_pref.hardware.teleop import teleop
+
+    return teleop(cfg)
+
+
+def rollout(cfg: RolloutConfig) -> dict:
+    from robot_pref.hardware.rollout import rollout
+
+    return rollout(cfg)
+
+
+def register(sub) -> None:
+    from robot_pref.config import add_command
+
+    add_command(sub, "teleop", TeleopConfig, teleop,
+                help="Drive a sim or real arm with a keyboard/SpaceMouse and record episodes into a dataset")
+    add_command(sub, "rollout", RolloutConfig, rollout,
+                help="Run a trained policy on a sim or real arm (safety on), report success, optionally record")
+    add_command(sub, "serve", ServeConfig, serve,
+                help="Serve an arm (sim or real) over ZeroMQ with the safety layer and watchdog robot-side")
