@@ -10,12 +10,16 @@ from dataclasses import dataclass, field
 class InfoConfig:
     dataset: str = field(default="", metadata={"help": "path of the zarr dataset"})
     json: bool = field(default=False, metadata={"help": "print the summary as JSON"})
+    verify: bool = field(default=False, metadata={"help": "also decode every committed row and frame (slow)"})
 
 
 def info(cfg: InfoConfig) -> dict:
     from robot_pref.data.dataset import TrajectoryDataset
 
-    summary = TrajectoryDataset.open(cfg.dataset).summary()
+    ds = TrajectoryDataset.open(cfg.dataset)
+    summary = ds.summary()
+    if cfg.verify:
+        summary["verified"] = ds.verify(progress=True)
     if cfg.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -41,6 +45,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"{tier:<10}{row['episodes']:>10}{row['frames']:>10}{rate:>10}")
     if s["success_rate"] is not None:
         lines.append(f"{'all':<10}{s['episodes']:>10}{s['frames']:>10}{100 * s['success_rate']:>9.0f}%")
+    if "verified" in s:
+        lines.append("verified: " + ", ".join(f"{k} {n} rows" for k, n in s["verified"].items()))
     return "\n".join(lines)
 
 

@@ -20,7 +20,8 @@ zarr's LocalStore writes every chunk and metadata file to a temporary file and r
 place, so a killed writer leaves each file either old or new, never half-written; rows past the
 committed length are leftovers of an interrupted append and are overwritten by the next one.
 Arrays are written with ``write_empty_chunks`` on, so every committed row has its chunk file and
-a deleted file is reported as a truncated store instead of silently reading as the fill value.
+a deleted file is reported as a truncated store instead of silently reading as the fill value;
+every chunk carries a crc32c, so corrupt bytes fail on read (`verify` reads everything).
 
 Frames are zarr v3 shards of `FRAME_SHARD` frames with one-frame inner chunks: a random frame is
 one small byte range (read by `robot_pref.data.shards.ShardReader`), an episode is one or two
@@ -38,6 +39,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from robot_pref.data.shards import ShardReader
 
@@ -58,6 +60,11 @@ FRAME_SHARD = 256  # frames per shard file; inner chunks hold one frame for rand
 
 class DatasetError(ValueError):
     """A store that cannot be used as asked; the message names the problem and the fix."""
+
+
+def _create(group: zarr.Group, name: str, **kw: Any) -> zarr.Array:
+    """Every array is zstd-compressed with a crc32c per chunk, so corrupt bytes fail loudly on read."""
+    return group.create_array(name, compressors=(ZstdCodec(), Crc32cCodec()), **kw)
 
 
 def _writing():
@@ -144,14 +151,14 @@ class TrajectoryDataset:
             ("action", action_dim, "float32"),
             ("state", state_dim, "float64"),
         ):
-            root["data"].create_array(key, shape=(0, dim), chunks=(STEP_CHUNK, dim), dtype=dtype)
-        root["data"].create_array("timestamp", shape=(0,), chunks=(STEP_CHUNK,), dtype="float64")
+            _create(root["data"], key, shape=(0, dim), chunks=(STEP_CHUNK, dim), dtype=dtype)
+        _create(root["data"], "timestamp", shape=(0,), chunks=(STEP_CHUNK,), dtype="float64")
         meta = root["meta"]
-        meta.create_array("episode_ends", shape=(0,), chunks=(STEP_CHUNK,), dtype="int64")
+        _create(meta, "episode_ends", shape=(0,), chunks=(STEP_CHUNK,), dtype="int64")
         for name, (dtype, fill) in EPISODE_COLUMNS.items():
-            meta.create_array(name, shape=(0,), chunks=(STEP_CHUNK,), dtype=dtype, fill_value=fill)
+            _create(meta, name, shape=(0,), chunks=(STEP_CHUNK,), dtype=dtype, fill_value=fill)
         for name in EPISODE_TEXT_COLUMNS:
-            meta.create_array(name, shape=(0,), chunks=(STEP_CHUNK,), dtype=str)
+            _create(meta, name, shape=(0,), chunks=(STEP_CHUNK,), dtype=str)
         meta.create_group("rendered")
         return cls(root, path, writable=True)
 
@@ -202,6 +209,9 @@ class TrajectoryDataset:
                 f"{self.path} cannot be read ({type(err).__name__}: {err}); some metadata or chunk file is "
                 "corrupt. Copy the dataset again from its source"
             ) from err
+        ends = self.episode_ends
+        if not missing and len(ends) and (ends[0] <= 0 or np.any(np.diff(ends) <= 0)):
+            raise DatasetError(f"{self.path}: meta/episode_ends is not strictly increasing; the store is corrupt")
         if missing:
             raise DatasetError(
                 f"{self.path} is truncated: {len(missing)} chunk file(s) of committed rows are missing "
@@ -229,9 +239,6 @@ class TrajectoryDataset:
                     f"{self.path}: attrs.n_episodes={n_ep} but {key} holds {self.root[key].shape[0]} rows; "
                     "the store was truncated (copied partially?). Copy it again from its source"
                 )
-        ends = self.episode_ends
-        if len(ends) and (ends[0] <= 0 or np.any(np.diff(ends) <= 0)):
-            raise DatasetError(f"{self.path}: meta/episode_ends is not strictly increasing; the store is corrupt")
         n = self.n_frames
         for key, arr in self._step_arrays().items():
             if arr.shape[0] < n:
@@ -547,7 +554,8 @@ class TrajectoryDataset:
                         "use another key or delete the array first"
                     )
                 return arr
-            arr = group.create_array(
+            arr = _create(
+                group,
                 key,
                 shape=(self.n_frames, height, width, 3),
                 chunks=(1, height, width, 3),
@@ -555,8 +563,8 @@ class TrajectoryDataset:
                 dtype="uint8",
                 fill_value=0,
             )
-            self.root["meta/rendered"].create_array(key, shape=(self.n_episodes,), chunks=(STEP_CHUNK,),
-                                                    dtype="bool", fill_value=False)
+            _create(self.root["meta/rendered"], key, shape=(self.n_episodes,), chunks=(STEP_CHUNK,),
+                    dtype="bool", fill_value=False)
             return arr
 
     def rendered_episodes(self, key: str) -> np.ndarray:
@@ -594,8 +602,8 @@ class TrajectoryDataset:
         with self._write():
             group = self.root["rewards"]
             if key not in group:
-                group.create_array(key, shape=(self.n_frames,), chunks=(STEP_CHUNK,), dtype="float32",
-                                   fill_value=float("nan"))
+                _create(group, key, shape=(self.n_frames,), chunks=(STEP_CHUNK,), dtype="float32",
+                        fill_value=float("nan"))
             arr = group[key]
             arr[start : start + len(values)] = values
             if attrs:
@@ -707,9 +715,8 @@ class TrajectoryDataset:
             self.create_frames(name, value.shape[1], value.shape[2])
             return
         fill = False if value.dtype == bool else float("nan")
-        arr = self.root[group].create_array(name, shape=(n,) + value.shape[1:],
-                                            chunks=(STEP_CHUNK,) + value.shape[1:], dtype=value.dtype,
-                                            fill_value=fill)
+        arr = _create(self.root[group], name, shape=(n,) + value.shape[1:], chunks=(STEP_CHUNK,) + value.shape[1:],
+                      dtype=value.dtype, fill_value=fill)
         if n:  # earlier episodes did not record it: write the fill so every committed row has its chunk
             arr[:n] = fill
 

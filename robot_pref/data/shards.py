@@ -29,13 +29,14 @@ class ShardReader:
     """Reads rows of a (N, *row) array stored as shards of one-row chunks in a local zarr store."""
 
     def __init__(self, array_dir: Path, row_shape: tuple[int, ...], shard_rows: int, dtype: np.dtype,
-                 fill_value, compressed: bool):
+                 fill_value, compressed: bool, checksummed: bool):
         self.array_dir = array_dir
         self.row_shape = row_shape
         self.shard_rows = shard_rows
         self.dtype = dtype
         self.fill_value = fill_value
         self.codec = Zstd() if compressed else None
+        self.checksummed = checksummed
         self.row_bytes = int(np.prod(row_shape)) * dtype.itemsize
         self.index_bytes = 16 * shard_rows + 4
         self.chunk_tail = "/".join("0" * len(row_shape))
@@ -55,14 +56,15 @@ class ShardReader:
             or tuple(meta.chunk_grid.chunk_shape[1:]) != row_shape
             or shard.index_location != ShardingCodecIndexLocation.end
             or tuple(type(c) for c in shard.index_codecs) != (BytesCodec, Crc32cCodec)
-            or inner not in ((BytesCodec,), (BytesCodec, ZstdCodec))
+            or inner not in [(BytesCodec,) + z + c for z in ((), (ZstdCodec,)) for c in ((), (Crc32cCodec,))]
             or getattr(meta.chunk_key_encoding, "separator", None) != "/"
             or meta.chunk_key_encoding.name != "default"
             or np.dtype(arr.dtype).itemsize != 1  # byte order never matters for the uint8 frames
         ):
             return None
         return cls(Path(arr.store.root) / arr.path / "c", row_shape, int(meta.chunk_grid.chunk_shape[0]),
-                   np.dtype(arr.dtype), arr.fill_value, compressed=len(inner) == 2)
+                   np.dtype(arr.dtype), arr.fill_value, compressed=ZstdCodec in inner,
+                   checksummed=Crc32cCodec in inner)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """Rows at ``indices`` (any order, repeats allowed), fill value where nothing was written."""
@@ -94,6 +96,10 @@ class ShardReader:
                     out[j] = self.fill_value
                     continue
                 data = os.pread(fd, int(nbytes), int(offset))
+                if self.checksummed:
+                    if len(data) < 4 or google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little"):
+                        raise ValueError(f"{path}: chunk {row} fails its crc32c check (corrupt bytes)")
+                    data = data[:-4]
                 if self.codec is not None:
                     data = self.codec.decode(data)
                 if len(data) != self.row_bytes:
