@@ -16,15 +16,17 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from robot_pref.data.dataset import Episode, frame_key
 from robot_pref.envs.tasks import RenderOptions, TaskEnv
 
 TIERS = ("expert", "medium", "random")
 GAIN = 10.0  # action per metre of position error; an action of 1 moves the hand ~5 cm per step
+ROT_GAIN = 3.0  # action per radian of orientation error; an action of 1 turns the hand ~0.06 rad per step
 OPEN, CLOSED = -1.0, 1.0
 MEDIUM_NOISE = 0.3
-PAUSE_PROB, PAUSE_STEPS = 0.05, (3, 12)  # chance per step to start a pause, its length range
+PAUSE_PROB, PAUSE_STEPS = 0.05, (5, 15)  # chance per step to start a pause, its length range
 
 Obs = dict[str, np.ndarray]
 
@@ -32,12 +34,22 @@ Obs = dict[str, np.ndarray]
 @dataclass
 class Waypoint:
     """Drive the hand to ``target(obs)`` with the gripper at ``gripper``; move on once within ``tol``
-    metres, or after ``steps`` steps when ``steps`` is set."""
+    metres, after ``steps`` steps when ``steps`` is set, or once ``until(obs)`` when that is set.
+    ``orient`` is the hand's target orientation (default: the orientation it started the episode in)."""
 
     target: Callable[[Obs], np.ndarray]
     gripper: float
     tol: float = 0.01
     steps: int = 0
+    until: Callable[[Obs], bool] | None = None
+    orient: Callable[[Obs], Rotation] | None = None
+
+    def reached(self, obs: Obs, error: np.ndarray, held: int) -> bool:
+        if self.until is not None:
+            return bool(self.until(obs))
+        if self.steps:
+            return held >= self.steps
+        return bool(np.abs(error).max() < self.tol)
 
 
 class WaypointExpert:
@@ -50,18 +62,25 @@ class WaypointExpert:
     def reset(self, obs: Obs) -> None:
         self.waypoints = self.plan(obs)  # targets may close over the initial object poses
         self.index, self.held = 0, 0
+        self.start_orient = hand(obs)
 
     def act(self, obs: Obs) -> np.ndarray:
         wp = self.waypoints[self.index]
         error = wp.target(obs) - obs["robot0_eef_pos"]
         self.held += 1
         last = self.index == len(self.waypoints) - 1
-        if not last and ((wp.steps and self.held >= wp.steps) or (not wp.steps and np.abs(error).max() < wp.tol)):
+        if not last and wp.reached(obs, error, self.held):
             self.index, self.held = self.index + 1, 0
         action = np.zeros(7, np.float32)
         action[:3] = np.clip(GAIN * error, -1.0, 1.0)
+        goal = wp.orient(obs) if wp.orient is not None else self.start_orient
+        action[3:6] = np.clip(ROT_GAIN * (goal * hand(obs).inv()).as_rotvec(), -1.0, 1.0)  # world frame
         action[6] = wp.gripper
         return action
+
+
+def hand(obs: Obs) -> Rotation:
+    return Rotation.from_quat(obs["robot0_eef_quat"])  # robosuite quaternions are (x, y, z, w)
 
 
 def up(z: float) -> np.ndarray:
@@ -99,7 +118,33 @@ def stack_plan(o0: Obs) -> list[Waypoint]:
     ]
 
 
-PLANS: dict[str, Callable[[Obs], list[Waypoint]]] = {"lift": lift_plan, "stack": stack_plan}
+def door_plan(o0: Obs) -> list[Waypoint]:
+    """Grasp the handle bar from above, push it down to turn the latch, then pull the door open along
+    its arc (the hand moves tangent to the circle around the hinge)."""
+    # The hinge is not observed; recover it from the door's pose: in the door body's frame (robosuite's
+    # door_lock.xml) the handle site sits at (-0.05, -0.10) and the hinge at (0.255, 0), both at rest.
+    v = (o0["handle_pos"] - o0["door_pos"])[:2]
+    yaw = np.arctan2(v[1], v[0]) - np.arctan2(-0.10, -0.05)
+    hinge = o0["door_pos"][:2] + 0.255 * np.array([np.cos(yaw), np.sin(yaw)])
+
+    def pull(o: Obs) -> np.ndarray:
+        r = o["handle_pos"][:2] - hinge
+        tangent = np.array([-r[1], r[0]]) / np.linalg.norm(r)  # direction of increasing hinge angle
+        return o["robot0_eef_pos"] + 0.05 * np.append(tangent, 0.0)
+
+    return [
+        Waypoint(lambda o: o["handle_pos"] + up(0.06), OPEN),
+        Waypoint(lambda o: o["handle_pos"], OPEN, tol=0.006),
+        Waypoint(lambda o: o["handle_pos"], CLOSED, steps=8),
+        Waypoint(lambda o: o["robot0_eef_pos"] + up(-0.04), CLOSED, until=lambda o: abs(o["handle_qpos"][0]) > TURN),
+        Waypoint(pull, CLOSED),
+    ]
+
+
+TURN = 0.8  # handle angle (rad) that frees the latch
+
+
+PLANS: dict[str, Callable[[Obs], list[Waypoint]]] = {"lift": lift_plan, "stack": stack_plan, "door": door_plan}
 
 
 def make_expert(task: str) -> WaypointExpert:
