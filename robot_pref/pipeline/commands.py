@@ -1,0 +1,29 @@
+"""`robot-pref run CONFIG.yaml [--set key=value ...]`: the whole pipeline, resumable."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> dict:
+    from robot_pref.config import from_dict, load_yaml, parse_overrides
+    from robot_pref.pipeline.run import RunConfig, run_pipeline
+
+    values = load_yaml(args.config)
+    values.update(parse_overrides(args.set or []))
+    if args.address:
+        values["address"] = args.address
+    return run_pipeline(from_dict(RunConfig, values))
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="Run the pipeline: collect, render, label, fit reward, relabel, train, evaluate, report",
+        description="Run (or resume) a pipeline config; finished stages are skipped on rerun.",
+    )
+    parser.add_argument("config", help="YAML run config, e.g. configs/quickstart.yaml")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config field, dotted for sections: --set label.pairs=500")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+    parser.set_defaults(_run=run)

@@ -1,0 +1,195 @@
+"""`robot-pref run CONFIG.yaml`: raw trajectories to an evaluated policy, one stage after another.
+
+Each stage is the same function its own CLI verb calls, reading its inputs from and writing its
+outputs to the run directory. A finished stage leaves ``stages/<name>.json`` (its result, timing
+and a fingerprint of its config); rerunning the same command skips finished stages and resumes an
+interrupted one through that stage's own resume logic (collect appends the missing episodes,
+render and relabel continue per episode/chunk, label never asks a cached question twice, train
+resumes from its last checkpoint). Changing a stage's config reruns it and every stage after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from robot_pref.envs.commands import CollectConfig
+from robot_pref.eval.commands import EvalConfig
+from robot_pref.feedback.config import LabelConfig
+from robot_pref.render.render import RenderConfig
+from robot_pref.reward.config import FitRewardConfig, RelabelConfig
+from robot_pref.rl.train import TrainConfig
+
+LEARNED_REWARD_KEY = "learned"
+
+
+@dataclass
+class RunConfig:
+    """A whole run. Paths inside the stage sections are filled in from ``run_dir`` / ``dataset``."""
+
+    name: str = "run"
+    run_dir: str = field(default="", metadata={"help": "where every output goes (default: runs/<name>)"})
+    dataset: str = field(default="", metadata={
+        "help": "use this existing dataset instead of collecting one (it is written to: frames, rewards)"})
+    address: str | None = field(default=None, metadata={"help": "Ray address (default: RAY_ADDRESS or local)"})
+    policies: tuple[str, ...] = field(default=("iql-learned", "iql-true", "bc"), metadata={
+        "help": "policies to train and evaluate: iql-learned, iql-true (oracle), bc"})
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    fit_reward: FitRewardConfig = field(default_factory=FitRewardConfig)
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def resolved(self) -> "RunConfig":
+        """The config with every path and shared setting made explicit (this is what is saved)."""
+        run_dir = self.run_dir or f"runs/{self.name}"
+        dataset = self.dataset or str(Path(run_dir) / "dataset.zarr")
+        frame_key = f"{self.render.camera}_{self.render.size}" if self.render.height is None and \
+            self.render.width is None else f"{self.render.camera}_{self.render.shape[0]}x{self.render.shape[1]}"
+        labels = str(Path(run_dir) / "labels")
+        reward_dir = str(Path(run_dir) / "reward")
+        r = dataclasses.replace
+        return r(
+            self,
+            run_dir=run_dir,
+            dataset=dataset,
+            collect=r(self.collect, out=dataset, address=self.address),
+            render=r(self.render, dataset=dataset, address=self.address),
+            label=r(self.label, dataset=dataset, camera=frame_key, out=labels, address=self.address),
+            fit_reward=r(self.fit_reward, dataset=dataset, labels=labels, camera=frame_key, out=reward_dir),
+            relabel=r(self.relabel, dataset=dataset, reward_model=reward_dir, key=LEARNED_REWARD_KEY,
+                      camera=frame_key, address=self.address or ""),
+            train=r(self.train, dataset=dataset),
+            eval=r(self.eval, task=self.collect.task, address=self.address),
+        )
+
+
+POLICIES = {  # name -> (algo, reward key)
+    "iql-learned": ("iql", LEARNED_REWARD_KEY),
+    "iql-true": ("iql", "true"),
+    "bc": ("bc", ""),
+}
+
+
+@dataclass
+class Stage:
+    name: str
+    config: Any  # what the fingerprint covers
+    run: Callable[[], dict]
+
+
+def _fingerprint(config: Any) -> str:
+    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)  # a crash never leaves half a marker
+
+
+def build_stages(cfg: RunConfig) -> list[Stage]:
+    """The stage list of a resolved config, in order."""
+    from robot_pref.envs.collect import collect
+    from robot_pref.eval.commands import evaluate
+    from robot_pref.feedback.commands import label, label_report
+    from robot_pref.feedback.config import LabelReportConfig
+    from robot_pref.render.render import render_dataset
+    from robot_pref.reward.commands import fit_reward, relabel
+    from robot_pref.rl.train import train
+
+    stages: list[Stage] = []
+    if cfg.dataset == str(Path(cfg.run_dir) / "dataset.zarr"):  # no dataset given: collect one
+        stages.append(Stage("collect", cfg.collect, lambda: _collect_remaining(cfg.collect, collect)))
+    stages.append(Stage("render", cfg.render, lambda: render_dataset(cfg.render)))
+    stages.append(Stage("label", cfg.label, lambda: label(cfg.label)))
+    report_cfg = LabelReportConfig(dataset=cfg.dataset, labels=cfg.label.out)
+    stages.append(Stage("label_report", report_cfg, lambda: _if_ground_truth(cfg, lambda: label_report(report_cfg))))
+    stages.append(Stage("fit_reward", cfg.fit_reward, lambda: fit_reward(cfg.fit_reward)))
+    stages.append(Stage("relabel", cfg.relabel, lambda: relabel(cfg.relabel)))
+    for policy in cfg.policies:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
+        algo, reward_key = POLICIES[policy]
+        train_cfg = dataclasses.replace(cfg.train, algo=algo, reward_key=reward_key,
+                                        out=str(Path(cfg.run_dir) / "policies" / policy))
+        eval_cfg = dataclasses.replace(cfg.eval, policy=str(Path(train_cfg.out) / "best.pt"),
+                                       out=str(Path(cfg.run_dir) / "eval" / policy))
+        stages.append(Stage(f"train_{policy}", train_cfg, lambda c=train_cfg: train(c)))
+        stages.append(Stage(f"eval_{policy}", eval_cfg, lambda c=eval_cfg: evaluate(c)))
+    return stages
+
+
+def _collect_remaining(cfg: CollectConfig, collect: Callable[[CollectConfig], dict]) -> dict:
+    """Collect up to ``cfg.episodes`` in total, so an interrupted collect continues where it stopped."""
+    from robot_pref.data import TrajectoryDataset
+
+    have = TrajectoryDataset.open(cfg.out).n_episodes if Path(cfg.out).exists() else 0
+    if have >= cfg.episodes:
+        return {"dataset": cfg.out, "episodes": have, "note": "already collected"}
+    return collect(dataclasses.replace(cfg, episodes=cfg.episodes - have))
+
+
+def _if_ground_truth(cfg: RunConfig, fn: Callable[[], dict]) -> dict:
+    from robot_pref.data import TrajectoryDataset
+
+    if not TrajectoryDataset.open(cfg.dataset).has_ground_truth("reward"):
+        return {"skipped": "the dataset has no ground-truth reward"}
+    return fn()
+
+
+def run_pipeline(cfg: RunConfig) -> dict:
+    """Run (or resume) every stage of ``cfg``; returns the report's numbers."""
+    from robot_pref.pipeline.report import write_report
+
+    cfg = cfg.resolved()
+    run_dir = Path(cfg.run_dir)
+    (run_dir / "stages").mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    _init_ray(cfg.address)
+    results: dict[str, dict] = {}
+    invalidated = False
+    stages = build_stages(cfg)
+    print(f"run {cfg.name}: {len(stages)} stages -> {run_dir}")
+    for i, stage in enumerate(stages, 1):
+        marker = run_dir / "stages" / f"{stage.name}.json"
+        fingerprint = _fingerprint(stage.config)
+        head = f"[{i}/{len(stages)}] {stage.name:<18}"
+        if marker.exists() and not invalidated:
+            done = json.loads(marker.read_text())
+            if done.get("fingerprint") == fingerprint:
+                results[stage.name] = done["result"]
+                print(f"{head} skipped (done in {done['seconds']:.1f}s earlier)", flush=True)
+                continue
+            print(f"{head} config changed: rerunning it and every later stage", flush=True)
+        if marker.exists():
+            invalidated = True
+            marker.unlink()
+        print(f"{head} running ...", flush=True)
+        start = time.perf_counter()
+        result = stage.run()
+        seconds = time.perf_counter() - start
+        results[stage.name] = result
+        _write_json(marker, {"stage": stage.name, "fingerprint": fingerprint, "seconds": seconds,
+                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "result": result})
+        print(f"{head} done in {seconds:.1f}s", flush=True)
+    report = write_report(cfg, run_dir)
+    print(f"report: {run_dir / 'report.md'}")
+    return report
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, ignore_reinit_error=True,
+                 log_to_driver=False)
