@@ -1,0 +1,97 @@
+"""B-Pref teachers: each noise model's statistics match its definition over many pairs."""
+
+import asyncio
+import hashlib
+
+import numpy as np
+import pytest
+
+from robot_pref.feedback import Query, TeacherConfig
+from robot_pref.feedback.synthetic import make_square_dataset
+from robot_pref.feedback.teacher import TeacherLabeler
+
+N = 20_000
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return make_square_dataset(tmp_path_factory.mktemp("data") / "sq.zarr", episodes=20, length=50)
+
+
+@pytest.fixture(scope="module")
+def pairs(ds):
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, ds.n_frames, N)
+    b = rng.integers(0, ds.n_frames, N)
+    return a, b, [hashlib.sha256(f"{i}".encode()).hexdigest() for i in range(N)]  # keys are sha256 digests
+
+
+def decide(ds, pairs, **kw):
+    t = TeacherLabeler(TeacherConfig(**kw), "goal", dataset=ds)
+    label, skip, ra, rb = t.decide(*pairs)
+    return t, label, skip, ra, rb
+
+
+def test_oracle_is_rational(ds, pairs):
+    _, label, skip, ra, rb = decide(ds, pairs, kind="oracle")
+    np.testing.assert_array_equal(label, (ra < rb).astype(np.int8))
+    assert not skip.any()
+
+
+def test_mistake_flips_eps_of_labels(ds, pairs):
+    _, oracle, *_ = decide(ds, pairs, kind="oracle")
+    for eps in (0.1, 0.3):
+        _, label, *_ = decide(ds, pairs, kind="mistake", eps=eps)
+        rate = np.mean(label != oracle)
+        assert abs(rate - eps) < 4 * np.sqrt(eps * (1 - eps) / N), rate
+
+
+def test_stochastic_matches_bradley_terry(ds, pairs):
+    beta = 8.0
+    _, label, _, ra, rb = decide(ds, pairs, kind="stochastic", beta=beta)
+    p = 1 / (1 + np.exp(-beta * (rb - ra)))
+    bins = np.digitize(p, [0.2, 0.4, 0.6, 0.8])
+    for k in range(5):
+        sel = bins == k
+        assert sel.sum() > 500
+        assert abs(label[sel].mean() - p[sel].mean()) < 4 * np.sqrt(0.25 / sel.sum())
+    _, default_beta, *_ = decide(ds, pairs, kind="stochastic")  # preset beta = 1: close to a coin flip
+    assert 0.2 < np.mean(default_beta != (ra < rb)) < 0.5
+
+
+def test_skip_and_equal_thresholds_are_relative_to_average_return(ds, pairs):
+    t, label, skip, ra, rb = decide(ds, pairs, kind="skip", skip=0.4)
+    avg = ds.ground_truth("reward").mean()
+    np.testing.assert_array_equal(skip, np.maximum(ra, rb) < 0.4 * avg)
+    assert 0 < skip.mean() < 0.5
+    answers = asyncio.run(t.label([Query(k, int(a), int(b)) for a, b, k in zip(*pairs[:2], pairs[2][:200])]))
+    assert {a.status for a, s in zip(answers, skip[:200]) if s} <= {"skipped"}
+    _, label, skip, ra, rb = decide(ds, pairs, kind="equal", equal=0.2)
+    tie = np.abs(ra - rb) < 0.2 * avg
+    assert 0.02 < tie.mean() < 0.5
+    np.testing.assert_array_equal(label == -1, tie)
+    np.testing.assert_array_equal(label[~tie], (ra < rb)[~tie])
+    assert not skip.any()
+
+
+def test_myopic_discounts_earlier_steps(ds, pairs):
+    _, label, _, ra, rb = decide(ds, pairs, kind="myopic", segment=6)
+    r = ds.ground_truth("reward").astype(np.float64)
+    starts = ds.episode_starts[ds.episode_of(np.arange(ds.n_frames))]
+
+    def ret(t):
+        return sum(0.9**k * r[t - k] for k in range(6) if t - k >= starts[t])
+
+    a, b, _ = pairs
+    expect = np.array([ret(x) < ret(y) for x, y in zip(a[:2000], b[:2000])], dtype=np.int8)
+    np.testing.assert_array_equal(label[:2000], expect)
+    undiscounted = (ra < rb).astype(np.int8)[:2000]
+    assert (expect != undiscounted).sum() > 0  # the discount changes some answers
+
+
+def test_answers_depend_on_the_query_not_the_batch(ds, pairs):
+    t = TeacherLabeler(TeacherConfig(kind="stochastic"), "goal", dataset=ds)
+    qs = [Query(k, int(a), int(b)) for a, b, k in zip(*pairs[:2], pairs[2][:300])]
+    whole = [a.label for a in asyncio.run(t.label(qs))]
+    split = [a.label for a in asyncio.run(t.label(qs[150:])) + asyncio.run(t.label(qs[:150]))]
+    assert whole == split[150:] + split[:150]
