@@ -83,6 +83,12 @@ def hand(obs: Obs) -> Rotation:
     return Rotation.from_quat(obs["robot0_eef_quat"])  # robosuite quaternions are (x, y, z, w)
 
 
+def aligned(obs: Obs, target: np.ndarray, orient: Rotation, tol: float = 0.01, angle: float = 0.05) -> bool:
+    """Hand within ``tol`` metres of ``target`` and ``angle`` radians of ``orient``."""
+    turn = (orient * hand(obs).inv()).magnitude()
+    return bool(np.abs(target - obs["robot0_eef_pos"]).max() < tol and turn < angle)
+
+
 def up(z: float) -> np.ndarray:
     return np.array([0.0, 0.0, z])
 
@@ -102,19 +108,27 @@ def stack_plan(o0: Obs) -> list[Waypoint]:
     """Grasp the red cube (A), carry it above the green one (B), lower it until it rests on B, release."""
     a0, b0 = o0["cubeA_pos"].copy(), o0["cubeB_pos"].copy()
     on_b = up(0.025 + 0.02 + 0.003)  # B's half size + A's half size + clearance
+    # turn the hand about z so the fingers (which close along the hand's y axis, world y at the start)
+    # close across the line A-B: with the cubes close together, a finger would otherwise land on B
+    d = (b0 - a0)[:2]
+    yaw = np.arctan2(d[0], -d[1]) % np.pi - np.pi / 2  # the smaller of the two turns: fingers are symmetric
+    turned = Rotation.from_euler("z", yaw) * hand(o0)
+
+    def wp(target: Callable[[Obs], np.ndarray], gripper: float, **kw) -> Waypoint:
+        return Waypoint(target, gripper, orient=lambda o: turned, **kw)
 
     def carry(offset: np.ndarray) -> Callable[[Obs], np.ndarray]:  # move the held cube, not the hand
         return lambda o: o["robot0_eef_pos"] + (o["cubeB_pos"] + offset - o["cubeA_pos"])
 
     return [
-        Waypoint(lambda o: o["cubeA_pos"] + up(0.08), OPEN),
-        Waypoint(lambda o: o["cubeA_pos"] + up(-0.005), OPEN, tol=0.006),
-        Waypoint(lambda o: o["cubeA_pos"] + up(-0.005), CLOSED, steps=8),
-        Waypoint(lambda o: np.array([a0[0], a0[1], b0[2] + 0.12]), CLOSED, tol=0.02),
-        Waypoint(carry(up(0.08)), CLOSED, tol=0.008),
-        Waypoint(carry(on_b), CLOSED, tol=0.004),
-        Waypoint(lambda o: o["robot0_eef_pos"], OPEN, steps=10),
-        Waypoint(lambda o: b0 + up(0.15), OPEN),
+        wp(lambda o: o["cubeA_pos"] + up(0.08), OPEN, until=lambda o: aligned(o, o["cubeA_pos"] + up(0.08), turned)),
+        wp(lambda o: o["cubeA_pos"] + up(-0.005), OPEN, tol=0.006),
+        wp(lambda o: o["cubeA_pos"] + up(-0.005), CLOSED, steps=8),
+        wp(lambda o: np.array([a0[0], a0[1], b0[2] + 0.12]), CLOSED, tol=0.02),
+        wp(carry(up(0.08)), CLOSED, tol=0.008),
+        wp(carry(on_b), CLOSED, tol=0.004),
+        wp(lambda o: o["robot0_eef_pos"], OPEN, steps=10),
+        wp(lambda o: b0 + up(0.15), OPEN),
     ]
 
 
