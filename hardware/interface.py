@@ -173,3 +173,11 @@ class Robot(ABC):
     def fault(self) -> str | None:
         """The latched fault, or None when the arm accepts commands."""
         return None
+
+
+def delta_target(ee_pos: np.ndarray, ee_quat: np.ndarray, command: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Absolute base-frame target (position, xyzw quaternion) of an ``ee_delta`` command."""
+    from scipy.spatial.transform import Rotation
+
+    rot = Rotation.from_rotvec(command[3:6]) * Rotation.from_quat(ee_quat)
+    return np.asarray(ee_pos, float) + command[:3], rot.as_quat()
