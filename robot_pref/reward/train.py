@@ -1,0 +1,270 @@
+"""Bradley-Terry training of a reward ensemble on preference-labeled frame pairs.
+
+Reads top to bottom: labels -> targets -> train/validation split -> cached inputs -> the loss ->
+the training loop with early stopping -> `fit` (all of it on one dataset) -> `fit_reward` (the CLI
+step: files in, checkpoint + evaluation out).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from robot_pref.data.dataset import DatasetError, TrajectoryDataset
+from robot_pref.reward.config import FitRewardConfig
+from robot_pref.reward.models import (SPEC_FILE, WEIGHTS_FILE, ModelSpec, RewardModel, autocast, default_device,
+                                      save_reward_model)
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------- labels
+@dataclass
+class Pairs:
+    """Labeled pairs as training targets: y = P(b better) = 0 (a better), 1 (b better), 0.5 (tie)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    y: np.ndarray  # float32
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def subset(self, idx: np.ndarray) -> "Pairs":
+        return Pairs(self.a[idx], self.b[idx], self.y[idx])
+
+    @property
+    def decided(self) -> "Pairs":
+        """Pairs with a strict preference (what accuracy is measured on)."""
+        return self.subset(self.y != 0.5)
+
+
+def make_pairs(index_a, index_b, label, ties: str = "drop") -> Pairs:
+    """Labels {0, 1, -1} -> targets. Ties are dropped (RL-VLM-F) or kept as a soft 0.5 (B-Pref / Uni-RLHF)."""
+    a, b, label = (np.asarray(x) for x in (index_a, index_b, label))
+    if not np.isin(label, (0, 1, -1)).all():
+        raise ValueError(f"labels must be 0 (a better), 1 (b better) or -1 (tie), got {sorted(set(label.tolist()))}")
+    if ties not in ("drop", "soft"):
+        raise ValueError(f"ties must be 'drop' or 'soft', got {ties!r}")
+    keep = (label != -1) & (a != b) if ties == "drop" else np.ones(len(label), bool)
+    y = np.where(label == -1, 0.5, label).astype(np.float32)
+    return Pairs(a[keep].astype(np.int64), b[keep].astype(np.int64), y[keep])
+
+
+def split_pairs(pairs: Pairs, val_fraction: float, seed: int) -> tuple[Pairs, Pairs]:
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = int(round(val_fraction * len(pairs)))
+    return pairs.subset(order[n_val:]), pairs.subset(order[:n_val])
+
+
+# ---------------------------------------------------------------------------------------- inputs
+class InputCache:
+    """Inputs of the trained part (pixels, or frozen CLIP features) for the labeled frames.
+
+    Frames are read from the dataset in batches once and kept in memory when they fit in ``cache_mb``
+    (CLIP features always do: the encoder runs once per frame); otherwise each batch is read again.
+    """
+
+    def __init__(self, model: RewardModel, ds: TrajectoryDataset, frame_key: str, indices: np.ndarray,
+                 cache_mb: float = 4096, batch_size: int = 512):
+        self.model, self.ds, self.key = model, ds, f"frames/{frame_key}"
+        self.index = np.unique(np.asarray(indices, dtype=np.int64))
+        per_frame = 4 * 1024 if not model.image_input else 3 * model.spec.height * model.spec.width
+        self.values = None
+        if not model.image_input or len(self.index) * per_frame <= cache_mb * 2**20:
+            chunks = [model.inputs(ds.get(self.key, self.index[i : i + batch_size]))
+                      for i in tqdm(range(0, len(self.index), batch_size), desc="reading frames", leave=False)]
+            self.values = torch.cat(chunks) if chunks else None
+
+    def __call__(self, frame_indices: np.ndarray) -> torch.Tensor:
+        """Inputs of frames of any index shape (e.g. (K, B)) -> (*shape, ...)."""
+        flat = np.asarray(frame_indices).reshape(-1)
+        if self.values is not None:
+            x = self.values[torch.from_numpy(np.searchsorted(self.index, flat))]
+        else:
+            x = self.model.inputs(self.ds.get(self.key, flat))
+        return x.reshape(tuple(np.shape(frame_indices)) + tuple(x.shape[1:]))
+
+
+# ---------------------------------------------------------------------------------------- loss
+def preference_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, label_noise: float = 0.0) -> torch.Tensor:
+    """Bradley-Terry cross-entropy on the logits [r(a), r(b)], optionally noise-aware.
+
+        P(b > a)  = exp r_b / (exp r_a + exp r_b) = sigma(r_b - r_a)            (Bradley-Terry)
+        P~(b > a) = (1 - eps) sigma(r_b - r_a) + eps (1 - sigma(r_b - r_a))     (labels flipped w.p. eps)
+        loss      = -[y log P~(b > a) + (1 - y) log P~(a > b)]                  (y = 0.5 for a soft tie)
+
+    With eps = 0 this is the plain cross-entropy; with eps > 0 a confidently "wrong" label costs at
+    most -log eps, so the few flipped labels cannot dominate the fit. Returns the per-row mean.
+    """
+    d = r_b - r_a
+    keep, flip = math.log1p(-label_noise), (math.log(label_noise) if label_noise > 0 else -math.inf)
+    log_p_b = torch.logaddexp(keep + F.logsigmoid(d), flip + F.logsigmoid(-d))
+    log_p_a = torch.logaddexp(keep + F.logsigmoid(-d), flip + F.logsigmoid(d))
+    return -(y * log_p_b + (1 - y) * log_p_a).mean(-1)
+
+
+@torch.no_grad()
+def pair_rewards(model: RewardModel, inputs: InputCache, pairs: Pairs, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-member rewards (K, N) of both sides of ``pairs`` (eval mode, no augmentation)."""
+    model.eval()
+    ra, rb = [], []
+    for i in range(0, len(pairs), batch_size):
+        with autocast(model.device):
+            ra.append(model(inputs(pairs.a[i : i + batch_size])).cpu())
+            rb.append(model(inputs(pairs.b[i : i + batch_size])).cpu())
+    k = model.spec.ensemble
+    cat = lambda xs: torch.cat(xs, 1) if xs else torch.zeros(k, 0)  # noqa: E731
+    return cat(ra), cat(rb)
+
+
+def validate(model: RewardModel, inputs: InputCache, pairs: Pairs, label_noise: float) -> dict[str, float]:
+    """Loss and preference accuracy of the ensemble mean on held-out pairs (ties excluded from accuracy)."""
+    ra, rb = pair_rewards(model, inputs, pairs)
+    ra, rb, y = ra.mean(0), rb.mean(0), torch.from_numpy(pairs.y)
+    decided = y != 0.5
+    acc = ((rb > ra) == (y > 0.5))[decided].float().mean().item() if decided.any() else float("nan")
+    loss = preference_loss(ra, rb, y, label_noise).item() if len(y) else float("nan")
+    return {"loss": loss, "accuracy": acc}
+
+
+# ---------------------------------------------------------------------------------------- training loop
+def train(model: RewardModel, inputs: InputCache, train_pairs: Pairs, val_pairs: Pairs, cfg: FitRewardConfig,
+          progress: bool = True) -> list[dict]:
+    """Adam on the summed per-member BT loss; each member sees its own shuffle of the training pairs.
+
+    Early stopping on validation accuracy (loss breaks ties); the best weights are restored.
+    Returns the per-epoch history.
+    """
+    if len(train_pairs) < 2:
+        raise ValueError(f"only {len(train_pairs)} usable training pairs; label more pairs (ties are dropped "
+                         "with --ties drop) or lower --val-fraction")
+    device = model.device
+    k = model.spec.ensemble
+    batch = cfg.batch_size or (32 if model.spec.type == "resnet18" else 64)
+    batch = min(batch, len(train_pairs))
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.Adam(model.ensemble.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    y_all = torch.from_numpy(train_pairs.y)
+    best, best_state, bad, history = None, None, 0, []
+    steps = len(train_pairs) // batch
+    bar = tqdm(range(cfg.epochs), desc=f"fit {model.spec.type} x{k}", disable=not progress)
+    for epoch in bar:
+        model.train()
+        order = np.stack([rng.permutation(len(train_pairs)) for _ in range(k)])  # (K, N)
+        t0, losses = time.perf_counter(), []
+        for s in range(steps):
+            idx = order[:, s * batch : (s + 1) * batch]  # (K, B): member k's minibatch
+            x = torch.cat([inputs(train_pairs.a[idx]), inputs(train_pairs.b[idx])], dim=1)  # (K, 2B, ...)
+            with autocast(device):
+                r = model(x, per_member=True, augment=True)  # (K, 2B)
+            loss = preference_loss(r[:, :batch], r[:, batch:], y_all[idx].to(device), cfg.label_noise).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item() / k)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+               "pairs_per_s": steps * batch * k / (time.perf_counter() - t0)}
+        if len(val_pairs):
+            val = validate(model, inputs, val_pairs, cfg.label_noise)
+            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            score = (np.nan_to_num(val["accuracy"], nan=0.0), -val["loss"])
+            if best is None or score > best:
+                best, best_state, bad = score, copy.deepcopy(model.ensemble.state_dict()), 0
+            else:
+                bad += 1
+        history.append(row)
+        bar.set_postfix({k_: f"{v:.3f}" for k_, v in row.items() if k_ in ("train_loss", "val_accuracy")})
+        if bad >= cfg.patience:
+            break
+    if best_state is not None:
+        model.ensemble.load_state_dict(best_state)
+    return history
+
+
+# ---------------------------------------------------------------------------------------- fit
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return default_device()
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no GPU; use --device auto or cpu")
+    return torch.device(name)
+
+
+def build_model(cfg: FitRewardConfig, ds: TrajectoryDataset) -> RewardModel:
+    """A fresh model for frames ``cfg.camera`` of ``ds``, configured from ``cfg``."""
+    if cfg.camera not in ds.frame_keys:
+        raise DatasetError(f"{ds.path} has no frames {cfg.camera!r} (has {ds.frame_keys}); render them with "
+                           f"`robot-pref render --dataset {ds.path}` or pick --camera from that list")
+    _, h, w, _ = ds.shape(f"frames/{cfg.camera}")
+    clip_config = None
+    if cfg.model == "clip-head" and cfg.clip_config:
+        clip_config = json.loads(Path(cfg.clip_config).read_text())
+    pretrained = None if cfg.clip_pretrained.lower() in ("", "none") else cfg.clip_pretrained
+    spec = ModelSpec(type=cfg.model, ensemble=cfg.ensemble, height=h, width=w, augment=cfg.augment, pad=cfg.pad,
+                     crop=cfg.crop, clip_model=cfg.clip_model, clip_pretrained=pretrained,
+                     clip_model_config=clip_config, extra={"camera": cfg.camera})
+    return RewardModel(spec, seed=cfg.seed).to(resolve_device(cfg.device))
+
+
+def check_rendered(ds: TrajectoryDataset, frame_key: str, indices: np.ndarray) -> None:
+    """Labels must point at rendered frames (unrendered rows are all-black fill)."""
+    indices = np.asarray(indices)
+    if len(indices) and (indices.min() < 0 or indices.max() >= ds.n_frames):
+        raise DatasetError(f"labels reference frames {indices.min()}..{indices.max()} but {ds.path} has "
+                           f"{ds.n_frames}; the labels belong to another dataset")
+    missing = ~ds.rendered_episodes(frame_key)[ds.episode_of(indices)]
+    if missing.any():
+        raise DatasetError(f"{missing.sum()} labeled frames lie in episodes without rendered {frame_key!r} frames; "
+                           f"run `robot-pref render --dataset {ds.path}` first")
+
+
+def fit(ds: TrajectoryDataset, index_a, index_b, label, cfg: FitRewardConfig,
+        progress: bool = True) -> tuple[RewardModel, dict]:
+    """Split, train and evaluate a reward ensemble on labeled pairs of ``ds``. Returns (model, report)."""
+    from robot_pref.reward.evaluation import evaluate
+
+    check_rendered(ds, cfg.camera, np.concatenate([index_a, index_b]))
+    pairs = make_pairs(index_a, index_b, label, cfg.ties)
+    train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+    model = build_model(cfg, ds)
+    inputs = InputCache(model, ds, cfg.camera, np.concatenate([pairs.a, pairs.b]), cfg.cache_mb)
+    history = train(model, inputs, train_pairs, val_pairs, cfg, progress)
+    label = np.asarray(label)
+    counts = {"labels": int(len(label)), "ties": int((label == -1).sum()), "train_pairs": len(train_pairs),
+              "val_pairs": len(val_pairs)}
+    model.spec.extra.update(counts=counts, config=asdict(cfg))
+    report = {"counts": counts, "epochs": len(history), "history": history,
+              **evaluate(model, ds, cfg.camera, val_pairs, cfg.eval_frames)}
+    return model.eval(), report
+
+
+def fit_reward(cfg: FitRewardConfig) -> dict:
+    """`robot-pref fit-reward`: labels directory -> checkpoint + eval.json + eval.png in ``cfg.out``."""
+    from robot_pref.feedback import load_labels
+    from robot_pref.reward.evaluation import format_report, plot_episodes
+
+    out = Path(cfg.out)
+    if (out / WEIGHTS_FILE).exists() and not cfg.overwrite:
+        raise ValueError(f"{out} already holds a reward model; pass --overwrite to replace it or choose another --out")
+    ds = TrajectoryDataset.open(cfg.dataset)
+    labels = load_labels(cfg.labels)
+    model, report = fit(ds, labels.index_a, labels.index_b, labels.label, cfg)
+    save_reward_model(model, out)
+    report["plot"] = plot_episodes(model, ds, cfg.camera, out / "eval.png")
+    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    print(format_report(report))
+    print(f"saved {out / WEIGHTS_FILE}, {out / SPEC_FILE}, {out / 'eval.json'}, {out / 'eval.png'}")
+    return report

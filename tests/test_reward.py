@@ -1,0 +1,308 @@
+"""Reward room: Bradley-Terry training, ensembles, checkpoints, active selection and relabeling.
+
+Synthetic frames make the true progress visible (a bright square slides right as the task
+progresses, at a random height, over noise), so a correct model must reach high accuracy and
+correlation, and a broken loss or a flipped label must show in the numbers.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robot_pref.data import Episode, TrajectoryDataset
+from robot_pref.reward.config import FitRewardConfig, RelabelConfig
+
+SIZE, T = 48, 30
+KEY = f"agentview_{SIZE}"
+TIERS = {"expert": (0.0, 1.0), "medium": (0.0, 0.5), "random": (0.0, 0.2)}
+
+
+def synthetic_frames(progress: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    frames = rng.integers(0, 90, (len(progress), SIZE, SIZE, 3), dtype=np.uint8)
+    top = int(rng.integers(0, SIZE - 8))
+    for t, p in enumerate(progress):
+        left = int(round(p * (SIZE - 8)))
+        frames[t, top : top + 8, left : left + 8] = (230, 60, 60)
+    return frames
+
+
+def build_dataset(path, episodes_per_tier=4, seed=0) -> TrajectoryDataset:
+    rng = np.random.default_rng(seed)
+    ds = TrajectoryDataset.create(path, obs_dim=2, action_dim=1, state_dim=1, fps=20)
+    for tier, (lo, hi) in TIERS.items():
+        for _ in range(episodes_per_tier):
+            if tier == "random":
+                progress = np.clip(np.cumsum(rng.normal(0, 0.04, T)), lo, hi)
+            else:
+                progress = np.clip(np.linspace(lo, hi, T) + rng.normal(0, 0.02, T), 0, 1)
+            ds.append_episode(Episode(obs=rng.normal(size=(T, 2)), action=rng.normal(size=(T, 1)),
+                                      state=rng.normal(size=(T, 1)), frames={KEY: synthetic_frames(progress, rng)},
+                                      true_reward=progress.astype(np.float32), tier=tier, task="slide"))
+    return ds
+
+
+def oracle_pairs(ds, n, seed=0, flip=False):
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, ds.n_frames, n), rng.integers(0, ds.n_frames, n)
+    true = ds.ground_truth("reward")
+    label = np.where(true[a] == true[b], -1, (true[b] > true[a]).astype(np.int8)).astype(np.int8)
+    if flip:
+        label = np.where(label == -1, -1, 1 - label).astype(np.int8)
+    return a, b, label
+
+
+FAST = dict(camera=KEY, lr=1e-3, batch_size=32, epochs=40, patience=10, eval_frames=10_000)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The CI box is small and shared: one intra-op thread avoids OpenMP oversubscription (10x here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return build_dataset(tmp_path_factory.mktemp("reward") / "slide.zarr")
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    """A CNN ensemble fitted on 300 oracle labels, and its saved run directory."""
+    from robot_pref.reward.models import save_reward_model
+    from robot_pref.reward.train import fit
+
+    a, b, label = oracle_pairs(dataset, 300)
+    model, report = fit(dataset, a, b, label, FitRewardConfig(**FAST), progress=False)
+    run = save_reward_model(model, tmp_path_factory.mktemp("run") / "cnn")
+    return model, report, run
+
+
+# ------------------------------------------------------------------------------------ loss and labels
+def test_bradley_terry_loss_matches_its_equations():
+    from robot_pref.reward.train import preference_loss
+
+    r_a, r_b = torch.tensor([0.0, 1.0, -2.0, 0.3]), torch.tensor([0.0, -1.0, 2.0, 0.3])
+    y = torch.tensor([1.0, 1.0, 1.0, 0.5])
+    d = r_b - r_a
+    plain = torch.nn.functional.binary_cross_entropy_with_logits(d, y, reduction="none")
+    torch.testing.assert_close(torch.stack([preference_loss(r_a[i], r_b[i], y[i]) for i in range(4)]), plain)
+    # the label says b is better: the loss must fall as r_b rises (a sign error or label flip fails here)
+    assert preference_loss(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(1.0)) < \
+        preference_loss(torch.tensor(1.0), torch.tensor(0.0), torch.tensor(1.0))
+    # noise-aware: P = (1 - eps) sigma(d) + eps (1 - sigma(d)); a confidently "wrong" label costs <= -log eps
+    eps, d_big = 0.1, torch.tensor(-20.0)
+    p = (1 - eps) * torch.sigmoid(d_big) + eps * (1 - torch.sigmoid(d_big))
+    robust = preference_loss(torch.tensor(0.0), d_big, torch.tensor(1.0), label_noise=eps)
+    torch.testing.assert_close(robust, -torch.log(p))
+    assert robust < -np.log(eps) + 1e-6 < preference_loss(torch.tensor(0.0), d_big, torch.tensor(1.0))
+
+
+def test_ties_are_dropped_or_soft():
+    from robot_pref.reward.train import make_pairs, preference_loss
+
+    a, b, label = np.array([0, 1, 2, 3]), np.array([5, 6, 7, 3]), np.array([0, 1, -1, -1], np.int8)
+    dropped = make_pairs(a, b, label, "drop")
+    assert dropped.a.tolist() == [0, 1] and dropped.y.tolist() == [0.0, 1.0]
+    soft = make_pairs(a, b, label, "soft")
+    assert soft.y.tolist() == [0.0, 1.0, 0.5, 0.5] and len(soft.decided) == 2
+    # a soft tie pulls the two rewards together: zero gradient at equality, restoring force otherwise
+    r_a, r_b = torch.tensor(0.2, requires_grad=True), torch.tensor(0.2)
+    preference_loss(r_a, r_b, torch.tensor(0.5)).backward()
+    assert abs(r_a.grad.item()) < 1e-7
+    r_a = torch.tensor(0.8, requires_grad=True)
+    preference_loss(r_a, r_b, torch.tensor(0.5)).backward()
+    assert r_a.grad.item() > 0.05  # descent lowers r_a towards r_b
+    with pytest.raises(ValueError, match="labels must be"):
+        make_pairs(a, b, np.array([0, 1, 2, 0]))
+
+
+# ------------------------------------------------------------------------------------ training quality
+def test_oracle_labels_give_an_accurate_reward(trained):
+    _, report, _ = trained
+    counts = report["counts"]
+    assert counts["train_pairs"] + counts["val_pairs"] == counts["labels"] - counts["ties"]  # ties dropped
+    assert report["val_accuracy"] >= 0.85
+    assert report["val_true_order_accuracy"] >= 0.85
+    assert report["label_agreement_with_truth"] == 1.0
+    assert report["spearman"] >= 0.85 and report["pearson"] >= 0.7  # a flipped label or sign gives < 0
+    assert report["spearman_within_episode"] >= 0.5
+    assert report["eval_frames"] == 12 * T
+
+
+def test_ensemble_members_differ_but_agree_on_the_trend(trained, dataset):
+    model, _, _ = trained
+    frames = dataset.get(f"frames/{KEY}")
+    members = model.predict_members(frames)
+    assert members.shape == (3, dataset.n_frames)
+    np.testing.assert_allclose(model.predict(frames), members.mean(0), rtol=1e-6, atol=1e-6)
+    true = dataset.ground_truth("reward")
+    for i in range(3):
+        assert np.corrcoef(members[i], true)[0, 1] > 0.6
+        for j in range(i):
+            assert np.abs(members[i] - members[j]).mean() > 0.01  # different init + different batches
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def test_checkpoint_round_trip_cnn(trained, dataset):
+    from robot_pref.reward.models import load_reward_model
+
+    model, _, run = trained
+    assert sorted(p.name for p in run.iterdir()) == ["model.json", "model.safetensors"]
+    loaded = load_reward_model(run, device="cpu")
+    frames = dataset.get(f"frames/{KEY}", np.arange(0, dataset.n_frames, 7))
+    np.testing.assert_allclose(loaded.predict_members(frames), model.predict_members(frames), atol=1e-6)
+    assert loaded.spec.extra["camera"] == KEY and loaded.spec.extra["counts"]["labels"] == 300
+    with pytest.raises(FileNotFoundError, match="fit-reward"):
+        load_reward_model(run.parent / "nothing")
+
+
+TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8,
+                                             "head_width": 32},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.mark.parametrize("kind", ["resnet18", "clip-head"])
+def test_checkpoint_round_trip_other_models(kind, dataset, tmp_path):
+    from robot_pref.reward.models import load_reward_model, save_reward_model
+    from robot_pref.reward.train import build_model
+
+    config = tmp_path / "tiny-reward-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    cfg = FitRewardConfig(camera=KEY, model=kind, ensemble=2, clip_model="tiny-reward-clip", clip_pretrained="none",
+                          clip_config=str(config), device="cpu")
+    model = build_model(cfg, dataset)
+    frames = dataset.get(f"frames/{KEY}", np.arange(0, 60, 5))
+    model.train()(model.inputs(frames))  # a train-mode pass moves BatchNorm statistics off their init
+    before = model.predict_members(frames)
+    assert before.shape == (2, len(frames)) and np.abs(before[0] - before[1]).max() > 1e-4
+    loaded = load_reward_model(save_reward_model(model, tmp_path / kind), device="cpu")
+    np.testing.assert_allclose(loaded.predict_members(frames), before, atol=1e-5)
+    if kind == "clip-head":  # frozen features are what the head trains on: computed once, no grad
+        feats = model.inputs(frames)
+        assert feats.shape == (len(frames), 32) and not feats.requires_grad
+        assert not any(p.requires_grad for p in model.encoder.parameters())
+
+
+# ------------------------------------------------------------------------------------ CLI end to end
+def test_fit_reward_cli_with_soft_ties(dataset, tmp_path):
+    from robot_pref.cli import main
+    from robot_pref.feedback import LabelSet
+    from robot_pref.reward.models import load_reward_model
+
+    a, b, label = oracle_pairs(dataset, 240, seed=3)
+    true = dataset.ground_truth("reward")
+    label[np.abs(true[a] - true[b]) < 0.05] = -1  # near-equal frames become ties (B-Pref "equal" teacher)
+    assert (label == -1).sum() > 20
+    LabelSet.from_arrays(a, b, label).save(tmp_path / "labels")
+    out = tmp_path / "run"
+    args = ["fit-reward", "--dataset", str(dataset.path), "--labels", str(tmp_path / "labels"), "--camera", KEY,
+            "--out", str(out), "--ties", "soft", "--lr", "1e-3", "--batch-size", "32", "--epochs", "30",
+            "--patience", "8", "--augment", "none"]
+    assert main(args) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["counts"]["train_pairs"] + report["counts"]["val_pairs"] == 240  # ties kept as 0.5 targets
+    assert report["val_accuracy"] >= 0.8 and report["spearman"] >= 0.8
+    assert (out / "eval.png").stat().st_size > 10_000
+    assert load_reward_model(out).spec.extra["config"]["ties"] == "soft"
+    assert main(args) == 1  # refuses to overwrite a finished run without --overwrite
+    assert main(["fit-reward", "--dataset", str(dataset.path), "--labels", str(tmp_path / "labels"),
+                 "--camera", "wrist_48", "--out", str(tmp_path / "x")]) == 1
+
+
+# ------------------------------------------------------------------------------------ active selection
+def test_disagreement_sampler_picks_contested_pairs(trained, dataset):
+    from robot_pref.feedback import make_sampler
+
+    _, _, run = trained
+    sampler = make_sampler("disagreement", dataset, KEY, 0, reward_model=str(run), pool_size=300)
+    a, b = sampler.sample(30)
+    assert len(a) == len(b) == 30 and (a != b).all() and a.max() < dataset.n_frames
+    chosen = sampler.disagreement(a, b)
+    ua, ub = make_sampler("uniform", dataset, KEY, 1).sample(300)
+    pool = sampler.disagreement(ua, ub)
+    assert chosen.min() >= np.percentile(pool, 70)  # the top 10% of a pool beat most uniform pairs
+    again = make_sampler("disagreement", dataset, KEY, 0, reward_model=str(run), pool_size=300).sample(30)
+    assert (again[0] == a).all() and (again[1] == b).all()
+    with pytest.raises(ValueError, match="reward-model"):
+        make_sampler("disagreement", dataset, KEY, 0)
+
+
+def test_active_learning_loop_adds_labels_each_round(dataset):
+    from robot_pref.reward.active import active_learning_curve
+
+    true = dataset.ground_truth("reward")
+    asked = []
+
+    def oracle(a, b):
+        asked.append(len(a))
+        return (true[b] > true[a]).astype(np.int8)
+
+    cfg = FitRewardConfig(**{**FAST, "epochs": 6, "ensemble": 2})
+    rows = active_learning_curve(dataset, oracle, [40, 80], cfg, sampler="disagreement", test_pairs=200)
+    assert asked == [40, 40] and [r["labels"] for r in rows] == [40, 80]
+    assert all(0.0 <= r["test_true_order_accuracy"] <= 1.0 for r in rows)
+
+
+# ------------------------------------------------------------------------------------ relabel
+def test_relabel_writes_one_value_per_frame_and_resumes(trained, dataset, monkeypatch):
+    from robot_pref.reward.relabel import ChunkScorer, relabel
+
+    model, _, run = trained
+    ds = TrajectoryDataset.open(dataset.path, "a")
+    cfg = RelabelConfig(dataset=str(dataset.path), reward_model=str(run), key="learned", chunk_size=100, workers=0)
+    scored, real = [], ChunkScorer.score
+
+    def crash_after_two(self, start, stop):
+        if len(scored) == 2:
+            raise KeyboardInterrupt
+        scored.append((start, stop))
+        return real(self, start, stop)
+
+    monkeypatch.setattr(ChunkScorer, "score", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        relabel(cfg)
+    partial = TrajectoryDataset.open(dataset.path).get("rewards/learned")
+    assert np.isfinite(partial[:200]).all() and np.isnan(partial[200:]).all()
+
+    scored.clear()
+    monkeypatch.setattr(ChunkScorer, "score", lambda self, s, e: scored.append((s, e)) or real(self, s, e))
+    final = relabel(cfg)
+    assert scored == [(200, 300), (300, 360)]  # only the unfinished chunks
+    values = TrajectoryDataset.open(dataset.path).get("rewards/learned")
+    assert values.shape == (ds.n_frames,) and np.isfinite(values).all()
+    np.testing.assert_allclose(values, model.predict(ds.get(f"frames/{KEY}")), atol=1e-5)
+    assert final["complete"] and abs(final["stats"]["mean"] - values.mean()) < 1e-5
+    assert final["stats"]["tier_mean"]["expert"] > final["stats"]["tier_mean"]["random"]
+
+    scored.clear()
+    relabel(cfg)
+    assert scored == []  # complete: a rerun does nothing
+
+
+def test_relabel_refuses_another_models_array(trained, dataset, tmp_path):
+    from robot_pref.data import DatasetError
+    from robot_pref.reward.models import ModelSpec, RewardModel, save_reward_model
+    from robot_pref.reward.relabel import relabel
+
+    ds = TrajectoryDataset.open(dataset.path, "a")
+    ds.write_reward("other", np.zeros(ds.n_frames), 0)
+    other = save_reward_model(RewardModel(ModelSpec(height=SIZE, width=SIZE, extra={"camera": KEY})), tmp_path / "m")
+    with pytest.raises(DatasetError, match="--overwrite"):
+        relabel(RelabelConfig(dataset=str(dataset.path), reward_model=str(other), key="other", workers=0))
+    relabel(RelabelConfig(dataset=str(dataset.path), reward_model=str(other), key="other", workers=0, overwrite=True))
+    assert np.isfinite(TrajectoryDataset.open(dataset.path).get("rewards/other")).all()
+
+
+def test_relabel_with_ray_actors_matches_in_process(trained, dataset, ray_session):
+    from robot_pref.reward.relabel import relabel
+
+    model, _, run = trained
+    relabel(RelabelConfig(dataset=str(dataset.path), reward_model=str(run), key="ray", chunk_size=128, workers=2,
+                          device="cpu"))
+    ds = TrajectoryDataset.open(dataset.path)
+    np.testing.assert_allclose(ds.get("rewards/ray"), model.predict(ds.get(f"frames/{KEY}")), atol=1e-5)
