@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -47,39 +47,48 @@ def scale_rewards(r: np.ndarray, normalize: str, scale: float, bias: float) -> n
 class TransitionBatches:
     """(s, a, r, s', d) batches of ``batch_size`` on ``device``; `sample(step)` returns a dict of tensors.
 
-    ``lowdim`` maps keys to their normalised (N, d) arrays, ``action`` is normalised to [-1, 1],
-    ``reward`` is per frame (r(s_t)); transition t uses reward[t + 1] and ``ds.terminal_flags()``.
+    ``lowdim`` maps keys to normalised (N, d) per-frame arrays and ``action`` is normalised to
+    [-1, 1]; ``reward[t]`` and ``done[t]`` belong to transition t -> t+1, ``valid`` lists the t that
+    have a successor. ``read_frames(key, indices)`` returns uint8 frames for ``frame_keys``.
     """
 
-    def __init__(self, ds: TrajectoryDataset, lowdim: dict[str, torch.Tensor], action: torch.Tensor,
-                 reward: np.ndarray, frame_keys: tuple[str, ...], batch_size: int, device: torch.device,
-                 seed: int, prefetch: int = 4):
-        idx = ds.transition_indices()
-        if len(idx) == 0:
-            raise DatasetError(f"{ds.path} has no transitions (every episode has one step); collect longer episodes")
-        r_next = reward[idx + 1]
-        if not np.isfinite(r_next).all():
-            bad = int((~np.isfinite(r_next)).sum())
-            raise DatasetError(f"{bad} transitions of {ds.path} have a NaN/inf reward (a relabel that did not finish?); "
-                               "rerun `robot-pref relabel` to fill the reward array")
-        n = ds.n_frames
+    def __init__(self, lowdim: dict[str, torch.Tensor], action: torch.Tensor, reward: np.ndarray,
+                 done: np.ndarray, valid: np.ndarray, batch_size: int, device: torch.device, seed: int,
+                 frame_keys: tuple[str, ...] = (), read_frames: Callable[[str, np.ndarray], np.ndarray] | None = None,
+                 prefetch: int = 4):
         self.device = device
         self.batch_size = batch_size
         self.seed = seed
-        self.n_transitions = len(idx)
-        self.valid = torch.as_tensor(idx, device=device)
+        self.n_transitions = len(valid)
+        self._idx = np.asarray(valid, np.int64)
+        self.valid = torch.as_tensor(self._idx, device=device)
         self.lowdim = {k: v.to(device) for k, v in lowdim.items()}
         self.action = action.to(device)
-        self.reward = torch.zeros(n, device=device)
-        self.reward[self.valid] = torch.as_tensor(r_next, device=device)
-        self.done = torch.as_tensor(ds.terminal_flags(), device=device)
+        self.reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
+        self.done = torch.as_tensor(done, dtype=torch.float32, device=device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.frame_keys = frame_keys
-        self._ds, self._idx = ds, idx
+        self.frame_keys = tuple(frame_keys)
+        self._read_frames = read_frames
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._prefetch = prefetch
+
+    @classmethod
+    def from_dataset(cls, ds: TrajectoryDataset, lowdim: dict[str, torch.Tensor], action: torch.Tensor,
+                     reward: np.ndarray, frame_keys: tuple[str, ...], batch_size: int, device: torch.device,
+                     seed: int) -> "TransitionBatches":
+        """Transitions of a dataset: t uses reward[t + 1] (reward arrays hold r(s_t)) and ds.terminal_flags()."""
+        idx = ds.transition_indices()
+        if len(idx) == 0:
+            raise DatasetError(f"{ds.path} has no transitions (every episode has one step); collect longer episodes")
+        r_next = np.zeros(ds.n_frames, np.float32)
+        r_next[idx] = reward[idx + 1]
+        if not np.isfinite(r_next).all():
+            bad = int((~np.isfinite(r_next)).sum())
+            raise DatasetError(f"{bad} transitions of {ds.path} have a NaN/inf reward (a relabel that did not finish?); "
+                               "rerun `robot-pref relabel` to fill the reward array")
+        return cls(lowdim, action, r_next, ds.terminal_flags(), idx, batch_size, device, seed, frame_keys, ds.get)
 
     # --------------------------------------------------------------- sampling
     def sample(self, step: int) -> dict[str, Any]:
@@ -106,7 +115,7 @@ class TransitionBatches:
         while not self._stop.is_set():
             i = self._frame_indices(step)
             both = np.concatenate([i, i + 1])
-            item = (step, i, {k: torch.from_numpy(self._ds.get(k, both)) for k in self.frame_keys})
+            item = (step, i, {k: torch.from_numpy(self._read_frames(k, both)) for k in self.frame_keys})
             if self.device.type == "cuda":
                 item[2].update({k: v.pin_memory() for k, v in item[2].items()})
             while not self._stop.is_set():

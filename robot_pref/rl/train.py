@@ -110,7 +110,7 @@ def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device):
     else:
         reward = scale_rewards(transition_rewards(ds, cfg.reward_key), cfg.reward_normalize, cfg.reward_scale,
                                cfg.reward_bias)
-    batches = TransitionBatches(ds, lowdim, action, reward, frame_keys, cfg.batch_size, device, cfg.seed)
+    batches = TransitionBatches.from_dataset(ds, lowdim, action, reward, frame_keys, cfg.batch_size, device, cfg.seed)
     tasks = sorted(set(ds.episode_table()["task"].tolist()) - {""})
     spec = {
         "algo": cfg.algo, "reward_key": cfg.reward_key, "dataset": ds.path,

@@ -1,0 +1,217 @@
+"""Gradient updates per second of robot_pref's IQL against a straightforward reference and the matmul ceiling.
+
+    .venv/bin/python tools/bench_iql.py                      # CPU, 2 threads, obs 17/act 6 and obs 60/act 7
+    .venv/bin/python tools/bench_iql.py --device cuda        # the same on a GPU
+
+All contenders sample batches of 256 from the same 1M synthetic transitions and run in alternating
+rounds in one process (the machine is shared, so the load drifts; the median round is reported).
+- reference: IQL as usually written (CORL style): separate Q1/Q2/V/actor networks, three Adam
+  optimizers and three backward passes per step, a per-parameter Python loop for the target update,
+  batches indexed from host-side arrays.
+- robot_pref: `robot_pref.rl.iql.IQL` fed by `robot_pref.rl.batches.TransitionBatches`.
+- ceiling: only the matrix multiplies one IQL update has to do (forward and backward of every
+  linear layer, same shapes), back to back: the speed with zero overhead.
+Image observations (84x84 frames through the conv encoder, frames prefetched by the background
+thread from host memory) are timed separately at the given --image-batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from robot_pref.rl.batches import TransitionBatches
+from robot_pref.rl.iql import IQL
+from robot_pref.rl.learner import ObsModel
+
+
+# ----------------------------------------------------------------------------- reference IQL (CORL style)
+class RefGaussianPolicy(nn.Module):
+    def __init__(self, obs_dim, act_dim, h=256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, act_dim),
+                                 nn.Tanh())
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, obs):
+        return torch.distributions.Normal(self.net(obs), torch.exp(self.log_std.clamp(-20.0, 2.0)))
+
+
+def ref_mlp(i, o, h=256):
+    return nn.Sequential(nn.Linear(i, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, o))
+
+
+class ReferenceIQL:
+    def __init__(self, obs_dim, act_dim, data, device, steps=1_000_000):
+        self.obs, self.act, self.rew, self.done, self.next_obs = data
+        self.device = device
+        self.q1, self.q2 = ref_mlp(obs_dim + act_dim, 1).to(device), ref_mlp(obs_dim + act_dim, 1).to(device)
+        self.q1_t, self.q2_t = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        self.v = ref_mlp(obs_dim, 1).to(device)
+        self.actor = RefGaussianPolicy(obs_dim, act_dim).to(device)
+        self.q_opt = torch.optim.Adam(list(self.q1.parameters()) + list(self.q2.parameters()), lr=3e-4)
+        self.v_opt = torch.optim.Adam(self.v.parameters(), lr=3e-4)
+        self.a_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+        self.a_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.a_opt, steps)
+
+    def update(self):
+        idx = np.random.randint(0, len(self.obs), 256)
+        s, a, r, d, s2 = (x[idx].to(self.device) for x in (self.obs, self.act, self.rew, self.done, self.next_obs))
+        with torch.no_grad():
+            target_q = torch.min(self.q1_t(torch.cat([s, a], 1)), self.q2_t(torch.cat([s, a], 1))).squeeze(-1)
+            next_v = self.v(s2).squeeze(-1)
+        v = self.v(s).squeeze(-1)
+        adv = target_q - v
+        v_loss = (torch.abs(0.7 - (adv < 0).float()) * adv**2).mean()
+        self.v_opt.zero_grad()
+        v_loss.backward()
+        self.v_opt.step()
+        targets = r + 0.99 * (1.0 - d) * next_v
+        q1, q2 = self.q1(torch.cat([s, a], 1)).squeeze(-1), self.q2(torch.cat([s, a], 1)).squeeze(-1)
+        q_loss = (nn.functional.mse_loss(q1, targets) + nn.functional.mse_loss(q2, targets)) / 2
+        self.q_opt.zero_grad()
+        q_loss.backward()
+        self.q_opt.step()
+        for net, tgt in ((self.q1, self.q1_t), (self.q2, self.q2_t)):
+            for p, tp in zip(net.parameters(), tgt.parameters()):
+                tp.data.copy_((1 - 0.005) * tp.data + 0.005 * p.data)
+        weights = torch.exp(3.0 * adv.detach()).clamp(max=100.0)
+        a_loss = (weights * -self.actor(s).log_prob(a).sum(-1)).mean()
+        self.a_opt.zero_grad()
+        a_loss.backward()
+        self.a_opt.step()
+        self.a_sched.step()
+
+
+# ----------------------------------------------------------------------------- the matmul ceiling
+def ceiling_gemms(obs_dim, act_dim, h=256, b=256):
+    """(m, k, n) of every matmul in one IQL update: per linear layer the forward x@W, grad of W, and
+    grad of the input except for the first layer (observations need no gradient)."""
+    layers = []  # (in, out, copies, backward)
+    layers += [(obs_dim, h, 1, True), (h, h, 1, True), (h, 1, 1, True)]  # V(s)
+    layers += [(obs_dim, h, 1, False), (h, h, 1, False), (h, 1, 1, False)]  # V(s')
+    layers += [(obs_dim + act_dim, h, 2, False), (h, h, 2, False), (h, 1, 2, False)]  # target Q1, Q2
+    layers += [(obs_dim + act_dim, h, 2, True), (h, h, 2, True), (h, 1, 2, True)]  # Q1, Q2
+    layers += [(obs_dim, h, 1, True), (h, h, 1, True), (h, act_dim, 1, True)]  # actor
+    gemms = []
+    for i, (fan_in, fan_out, copies, backward) in enumerate(layers):
+        first = fan_in in (obs_dim, obs_dim + act_dim)
+        for _ in range(copies):
+            gemms.append((b, fan_in, fan_out))
+            if backward:
+                gemms.append((fan_in, b, fan_out))  # dW = x^T g
+                if not first:
+                    gemms.append((b, fan_out, fan_in))  # dx = g W^T
+    return gemms
+
+
+class Ceiling:
+    def __init__(self, gemms, device):
+        self.ops = [(torch.randn(m, k, device=device), torch.randn(k, n, device=device), torch.empty(m, n, device=device))
+                    for m, k, n in gemms]
+        self.flops = sum(2 * m * k * n for m, k, n in gemms)
+
+    def update(self):
+        for a, b, out in self.ops:
+            torch.mm(a, b, out=out)
+
+
+# ----------------------------------------------------------------------------- robot_pref IQL
+def ours(obs_dim, act_dim, data, device, frames=None, batch_size=256, compile=False):
+    obs, act, rew, done, _ = data
+    n = len(obs)
+    keys = {"obs": (np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32))}
+    frame_sizes = {"frames/cam_84": 84} if frames is not None else {}
+    model = ObsModel(keys, frame_sizes).to(device)
+    learner = IQL(model, act_dim, total_steps=1_000_000, compile=compile).to(device)
+    valid = np.arange(n - 1)
+    read = (lambda key, idx: frames[idx % len(frames)]) if frames is not None else None
+    batches = TransitionBatches({"obs": obs}, act, rew.numpy(), done.numpy(), valid, batch_size, device, 0,
+                                tuple(frame_sizes), read)
+    gen = batches.generator if frames is not None else None
+    step = [0]
+
+    def update():
+        learner.update(batches.sample(step[0]), gen)
+        step[0] += 1
+
+    return update, batches
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rate(fn, n, device):
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync(device)
+    return n / (time.perf_counter() - t)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--transitions", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=100, help="updates per contender per round")
+    parser.add_argument("--compile", action="store_true", help="also time robot_pref with torch.compile")
+    parser.add_argument("--image-steps", type=int, default=10, help="0 skips the image benchmark")
+    parser.add_argument("--image-batch", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    print(f"device {device}  threads {torch.get_num_threads()}  torch {torch.__version__}  "
+          f"{args.transitions} transitions, batch 256, {args.rounds} rounds x {args.steps} updates\n")
+    header = f"{'obs/act':<8}{'contender':<22}{'updates/s':>10}{'x reference':>13}{'% ceiling':>11}{'GFLOP/s':>9}"
+    print(header)
+    print("-" * len(header))
+    for obs_dim, act_dim in ((17, 6), (60, 7)):
+        n = args.transitions
+        gen = torch.Generator().manual_seed(0)
+        obs = torch.randn(n, obs_dim, generator=gen)
+        act = torch.rand(n, act_dim, generator=gen) * 2 - 1
+        rew, done = torch.rand(n, generator=gen), (torch.rand(n, generator=gen) < 0.001).float()
+        data = (obs, act, rew, done, torch.roll(obs, -1, 0))
+        ceiling = Ceiling(ceiling_gemms(obs_dim, act_dim), device)
+        contenders = {"reference (CORL-style)": ReferenceIQL(obs_dim, act_dim, data, device).update,
+                      "robot_pref": ours(obs_dim, act_dim, data, device)[0],
+                      "matmul ceiling": ceiling.update}
+        if args.compile:
+            contenders["robot_pref compiled"] = ours(obs_dim, act_dim, data, device, compile=True)[0]
+        for fn in contenders.values():  # warm-up (and compilation)
+            rate(fn, 10, device)
+        rates = {k: [] for k in contenders}
+        for _ in range(args.rounds):
+            for name, fn in contenders.items():
+                rates[name].append(rate(fn, args.steps, device))
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        for name, r in med.items():
+            print(f"{obs_dim}/{act_dim:<5}{name:<22}{r:>10.1f}{r / med['reference (CORL-style)']:>12.2f}x"
+                  f"{100 * r / med['matmul ceiling']:>10.0f}%{r * ceiling.flops / 1e9:>9.1f}")
+    if args.image_steps:
+        frames = np.random.default_rng(0).integers(0, 256, (2048, 84, 84, 3), dtype=np.uint8)
+        obs_dim, act_dim, n = 19, 7, 100_000
+        data = (torch.randn(n, obs_dim), torch.rand(n, act_dim) * 2 - 1, torch.rand(n), torch.zeros(n), None)
+        update, batches = ours(obs_dim, act_dim, data, device, frames=frames, batch_size=args.image_batch)
+        rate(update, 2, device)
+        r = rate(update, args.image_steps, device)
+        batches.close()
+        print(f"\nimages: obs {obs_dim} + one 84x84 camera (conv encoder, random shift, prefetched frames), "
+              f"batch {args.image_batch}: {r:.2f} updates/s")
+
+
+if __name__ == "__main__":
+    main()
