@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass, field
 
@@ -50,7 +51,33 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class ImportRobomimicConfig:
+    file: str = field(default="", metadata={"help": "robomimic hdf5 file (also the first positional argument)"})
+    out: str = field(default="", metadata={"help": "zarr dataset to create"})
+    obs_keys: tuple[str, ...] = field(default=(), metadata={
+        "help": "low-dim obs keys to concatenate, comma separated, in order (default: robomimic's "
+                "robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos,object when present, else all, sorted)"})
+    images: bool = field(default=True, metadata={"help": "import uint8 image observations as frames"})
+    flip_images: bool = field(default=True, metadata={"help": "flip robosuite's upside-down images upright"})
+    filter_key: str = field(default="", metadata={"help": "import only the demos of mask/<key> (e.g. train)"})
+    task: str = field(default="", metadata={"help": "task name for the episode table (default: env name, lower case)"})
+    goal: str = field(default="", metadata={"help": "goal text for the labeler"})
+    overwrite: bool = field(default=False, metadata={"help": "replace --out if it exists"})
+
+
+def import_robomimic(cfg: ImportRobomimicConfig) -> dict:
+    from robot_pref.data.robomimic import import_robomimic as run
+
+    summary = run(cfg)
+    print(format_summary(summary))
+    return summary
+
+
 def register(sub) -> None:
     from robot_pref.config import add_command
 
     add_command(sub, "info", InfoConfig, info, help="Summarise a dataset: episodes, arrays, cameras, tiers, success")
+    parser = add_command(sub, "import-robomimic", ImportRobomimicConfig, import_robomimic,
+                         help="Convert a robomimic hdf5 dataset (low-dim obs, images, states, rewards) into a zarr dataset")
+    parser.add_argument("file", nargs="?", default=argparse.SUPPRESS, help="the robomimic .hdf5 file")

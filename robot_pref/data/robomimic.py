@@ -1,0 +1,155 @@
+"""Import a robomimic hdf5 dataset into the trajectory store (read with h5py only).
+
+robomimic's layout: ``data`` (attrs ``env_args``: JSON with env_name, type, env_kwargs) holding
+``demo_N`` groups (attrs ``num_samples``) of ``obs/<key>``, ``actions`` (T, A), ``rewards`` (T,),
+``dones`` (T,), ``states`` (T, S); optional ``mask/<filter key>`` lists of demo names.
+robomimic 0.3.0's env code does not run beside robosuite 1.5, so nothing here builds an env.
+
+How a demo becomes an episode (T rows, robomimic's observed steps s_0 .. s_{T-1}):
+
+- ``obs``: the low-dim keys concatenated in ``obs_keys`` order; by default robomimic's standard
+  set ``robot0_eef_pos | robot0_eef_quat | robot0_gripper_qpos | object`` (for Lift the same 19
+  numbers, in the same order, as `robot_pref.envs` Lift), or every low-dim key sorted by name when
+  that set is incomplete. The order is stored in attrs ``obs_keys`` and ``env.obs_dims``.
+- frames: every uint8 (T, H, W, 3) key ``<cam>_image`` goes to ``frames/<cam>_<H>``, marked
+  rendered, flipped upright (robosuite's camera observations are upside down, OpenGL style; the
+  store's frames have row 0 at the top). ``state`` <- ``states``, ``action`` <- ``actions``.
+- rewards: robomimic's ``rewards[t]`` is the reward after action t, r(s_{t+1}); the store holds
+  r(s_t), so ``reward[t] = rewards[t - 1]`` for t >= 1, and ``reward[0] = rewards[0]`` (r(s_0) is not
+  recorded; the next state's reward is the nearest known value, and for robomimic's sparse success
+  rewards both are 0 unless the demo succeeds in one step). The reward of the final state s_T is
+  not a row (robomimic saves no state for it); with sparse 0/1 rewards it is kept as the episode's
+  ``success`` (any reward of 1), and ``ground_truth/success`` is the shifted reward == 1.
+  Dense rewards leave success unknown.
+- ``terminated`` <- ``dones[-1]``; tier <- the demo's quality filter key (better/okay/worse) if any.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robot_pref.data.commands import ImportRobomimicConfig
+from robot_pref.data.dataset import DatasetError, Episode, TrajectoryDataset, frame_key
+
+ROBOMIMIC_LOW_DIM = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
+QUALITY_KEYS = ("better", "okay", "worse")  # robomimic's multi-human (MH) quality filter keys
+
+
+def _demo_number(name: str) -> int:
+    match = re.fullmatch(r"demo_(\d+)", name)
+    return int(match.group(1)) if match else -1
+
+
+def _names(values) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values).reshape(-1)]
+
+
+def read_layout(f) -> dict[str, Any]:
+    """env args, demo names (numeric order), low-dim and image obs keys of an open robomimic file."""
+    if "data" not in f or not any(_demo_number(k) >= 0 for k in f["data"]):
+        raise DatasetError(
+            f"{f.filename} is not a robomimic dataset (no data/demo_N groups; top level holds {sorted(f)}); "
+            "robomimic files look like data/demo_0/{obs/<key>, actions, rewards, dones, states}"
+        )
+    try:
+        env_args = json.loads(f["data"].attrs.get("env_args", "{}"))
+    except (TypeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{f.filename}: data.attrs['env_args'] is not JSON ({err})") from err
+    demos = sorted((k for k in f["data"] if _demo_number(k) >= 0), key=_demo_number)
+    obs = f[f"data/{demos[0]}/obs"] if "obs" in f[f"data/{demos[0]}"] else {}
+    images = sorted(k for k in obs if obs[k].dtype == np.uint8 and obs[k].ndim == 4 and obs[k].shape[-1] == 3)
+    low_dim = sorted(k for k in obs if k not in images)
+    return {"env_args": env_args, "demos": demos, "low_dim": low_dim, "images": images}
+
+
+def shift_rewards(rewards: np.ndarray) -> np.ndarray:
+    """robomimic's r(s_{t+1}) per row -> the store's r(s_t); the unknown r(s_0) repeats r(s_1)."""
+    rewards = np.asarray(rewards, dtype=np.float32).reshape(-1)
+    return np.concatenate([rewards[:1], rewards[:-1]])
+
+
+def demo_to_episode(demo, name: str, obs_keys, image_keys, flip: bool, tier: str, task: str, goal: str) -> Episode:
+    for key in ("actions", "states"):
+        if key not in demo:
+            raise DatasetError(f"{demo.file.filename}: {name} has no {key!r} (it holds {sorted(demo)})")
+    missing = [k for k in (*obs_keys, *image_keys) if k not in demo.get("obs", {})]
+    if missing:
+        raise DatasetError(f"{demo.file.filename}: {name}/obs lacks {missing}; choose --obs-keys present in every demo")
+    actions = np.asarray(demo["actions"], np.float32)
+    T = len(actions)
+    if T == 0:
+        raise DatasetError(f"{demo.file.filename}: {name} has no steps")
+    obs = np.concatenate([np.asarray(demo["obs"][k], np.float32).reshape(T, -1) for k in obs_keys], axis=1)
+    rewards = np.asarray(demo["rewards"], np.float32) if "rewards" in demo else None
+    dones = np.asarray(demo["dones"]) if "dones" in demo else np.zeros(T)
+    binary = rewards is not None and np.isin(rewards, (0.0, 1.0)).all()
+    frames = {}
+    for key in image_keys:
+        x = np.asarray(demo["obs"][key])
+        frames[frame_key(key.removesuffix("_image"), x.shape[1], x.shape[2])] = x[:, ::-1] if flip else x
+    return Episode(
+        obs=obs, action=actions, state=np.asarray(demo["states"], np.float64), frames=frames,
+        true_reward=None if rewards is None else shift_rewards(rewards),
+        true_success=shift_rewards(rewards) >= 1.0 if binary else None,
+        task=task, goal=goal, tier=tier, source="robomimic", seed=-1,
+        success=bool(rewards.max() >= 1.0) if binary else None, terminated=bool(dones[-1]),
+    )
+
+
+def import_robomimic(cfg: ImportRobomimicConfig) -> dict[str, Any]:
+    """Convert ``cfg.file`` into a new store at ``cfg.out``; returns the dataset summary."""
+    import h5py
+    from tqdm import tqdm
+
+    if not cfg.file or not cfg.out:
+        raise ValueError("give the robomimic file and --out, e.g. `robot-pref import-robomimic low_dim.hdf5 --out lift.zarr`")
+    if not Path(cfg.file).is_file():
+        raise FileNotFoundError(f"{cfg.file} does not exist")
+    if not h5py.is_hdf5(cfg.file):
+        raise DatasetError(f"{cfg.file} is not an HDF5 file; robomimic datasets are .hdf5 files")
+    with h5py.File(cfg.file, "r") as f:
+        layout = read_layout(f)
+        demos = layout["demos"]
+        if cfg.filter_key:
+            if f"mask/{cfg.filter_key}" not in f:
+                raise DatasetError(f"{cfg.file} has no filter key mask/{cfg.filter_key}; it has "
+                                   f"{sorted(f['mask']) if 'mask' in f else 'no mask/ group'}")
+            keep = set(_names(f[f"mask/{cfg.filter_key}"][()]))
+            demos = [d for d in demos if d in keep]
+        tiers = {d: q for q in QUALITY_KEYS if f"mask/{q}" in f for d in _names(f[f"mask/{q}"][()])}
+        obs_keys = list(cfg.obs_keys) or (list(ROBOMIMIC_LOW_DIM) if set(ROBOMIMIC_LOW_DIM) <= set(layout["low_dim"])
+                                          else layout["low_dim"])
+        unknown = [k for k in obs_keys if k not in layout["low_dim"]]
+        if unknown or not obs_keys:
+            raise DatasetError(f"{cfg.file}: obs keys {unknown or '(none)'} are not low-dim observations; "
+                               f"available: {layout['low_dim']}")
+        image_keys = layout["images"] if cfg.images else []
+        env_args = layout["env_args"]
+        env_name = env_args.get("env_name", "")
+        first = f[f"data/{demos[0]}"] if demos else None
+        if first is None:
+            raise DatasetError(f"{cfg.file}: no demos to import (filter key {cfg.filter_key!r} selects none)")
+        obs_dims = {k: int(np.prod(first["obs"][k].shape[1:])) for k in obs_keys}
+        kwargs = env_args.get("env_kwargs", {})
+        ds = TrajectoryDataset.create(
+            cfg.out, obs_dim=sum(obs_dims.values()), action_dim=first["actions"].shape[1],
+            state_dim=first["states"].shape[1], fps=float(kwargs.get("control_freq", 20)), obs_keys=obs_keys,
+            overwrite=cfg.overwrite,
+            env={"source": "robomimic", "name": env_name, "env_type": env_args.get("type"), "env_kwargs": kwargs,
+                 "obs_dims": obs_dims, "file": str(Path(cfg.file).resolve()),
+                 "cameras": [k.removesuffix("_image") for k in image_keys]},
+        )
+        task = cfg.task or env_name.lower()
+        for name in tqdm(demos, desc=f"import {Path(cfg.file).name}", unit="demo"):
+            ep = demo_to_episode(f[f"data/{name}"], name, obs_keys, image_keys, cfg.flip_images,
+                                 tiers.get(name, ""), task, cfg.goal)
+            try:
+                ds.append_episode(ep)
+            except DatasetError as err:
+                raise DatasetError(f"{cfg.file} {name}: {err}") from err
+    return ds.summary()

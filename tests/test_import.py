@@ -1,0 +1,155 @@
+"""`robot-pref import-robomimic` on an hdf5 file written here in robomimic's layout."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from robot_pref.cli import main
+from robot_pref.data import DatasetError, TrajectoryDataset
+from robot_pref.data.commands import ImportRobomimicConfig
+from robot_pref.data.robomimic import import_robomimic, shift_rewards
+
+LOW_DIM = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2, "object": 10, "robot0_joint_pos": 7}
+DEMOS = {"demo_0": 23, "demo_2": 17, "demo_10": 30}  # numeric, not lexical, order: 0, 2, 10
+IMG = (12, 16)
+
+
+def demo_data(name: str, dense: bool = False) -> dict:
+    rng = np.random.default_rng(int(name.split("_")[1]))
+    T = DEMOS[name]
+    rewards = np.zeros(T, np.float32)
+    if name != "demo_2":  # demo_2 never succeeds
+        rewards[-3:] = 1.0
+    if dense:
+        rewards = rng.uniform(0, 1, T).astype(np.float32)
+    dones = np.zeros(T, np.int64)
+    dones[-1] = name != "demo_2"
+    return {
+        "obs": {k: rng.normal(size=(T, d)) for k, d in LOW_DIM.items()}
+        | {"agentview_image": rng.integers(0, 256, size=(T, *IMG, 3), dtype=np.uint8)},
+        "actions": rng.uniform(-1, 1, size=(T, 7)),
+        "rewards": rewards,
+        "dones": dones,
+        "states": rng.normal(size=(T, 32)),
+    }
+
+
+def write_robomimic(path, dense: bool = False) -> dict:
+    demos = {name: demo_data(name, dense) for name in DEMOS}
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps({"env_name": "Lift", "type": 1,
+                                             "env_kwargs": {"control_freq": 20, "reward_shaping": dense}})
+        data.attrs["total"] = sum(DEMOS.values())
+        for name, d in demos.items():
+            g = data.create_group(name)
+            g.attrs["num_samples"] = DEMOS[name]
+            for key, value in d["obs"].items():
+                g.create_dataset(f"obs/{key}", data=value)
+                g.create_dataset(f"next_obs/{key}", data=value)
+            for key in ("actions", "rewards", "dones", "states"):
+                g.create_dataset(key, data=d[key])
+        for key, names in {"train": ["demo_0", "demo_10"], "valid": ["demo_2"], "better": ["demo_0"],
+                           "worse": ["demo_2", "demo_10"]}.items():
+            f.create_dataset(f"mask/{key}", data=np.array(names, dtype="S"))
+    return demos
+
+
+@pytest.fixture
+def hdf5(tmp_path):
+    path = tmp_path / "low_dim.hdf5"
+    return path, write_robomimic(path)
+
+
+def test_import_round_trip(hdf5, tmp_path):
+    path, demos = hdf5
+    out = tmp_path / "lift.zarr"
+    assert main(["import-robomimic", str(path), "--out", str(out)]) == 0
+    ds = TrajectoryDataset.open(out)
+    names = ["demo_0", "demo_2", "demo_10"]
+    assert ds.n_episodes == 3 and ds.fps == 20
+    assert ds.episode_table()["length"].tolist() == [DEMOS[n] for n in names]
+    order = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"]  # robomimic's default set
+    assert ds.attrs["obs_keys"] == order and ds.shape("obs") == (ds.n_frames, 19)
+    env = ds.env_meta
+    assert env["source"] == "robomimic" and env["name"] == "Lift" and env["env_kwargs"]["control_freq"] == 20
+    assert env["obs_dims"] == {k: LOW_DIM[k] for k in order} and env["cameras"] == ["agentview"]
+    assert ds.frame_keys == ["agentview_12x16"] and ds.rendered_episodes("agentview_12x16").all()
+    table = ds.episode_table()
+    assert table["success"].tolist() == [1, 0, 1] and table["terminated"].tolist() == [True, False, True]
+    assert table["tier"].tolist() == ["better", "worse", "worse"]
+    assert set(table["task"].tolist()) == {"lift"} and set(table["source"].tolist()) == {"robomimic"}
+    for e, name in enumerate(names):
+        d, sl = demos[name], ds.episode_slice(e)
+        np.testing.assert_array_equal(ds.get("obs", sl), np.concatenate([d["obs"][k] for k in order], 1).astype(np.float32))
+        np.testing.assert_array_equal(ds.get("action", sl), d["actions"].astype(np.float32))
+        np.testing.assert_array_equal(ds.get("state", sl), d["states"])
+        np.testing.assert_array_equal(ds.get("frames/agentview_12x16", sl), d["obs"]["agentview_image"][:, ::-1])
+        reward = ds.ground_truth("reward")[sl]
+        # the store's reward[t] is r(s_t) = robomimic's rewards[t - 1]; r(s_0) repeats r(s_1)
+        np.testing.assert_array_equal(reward[1:], d["rewards"][:-1])
+        assert reward[0] == d["rewards"][0]
+        np.testing.assert_array_equal(ds.ground_truth("success")[sl], reward == 1.0)
+    assert ds.ground_truth("reward")[ds.episode_slice(0)][-2:].tolist() == [1.0, 1.0]
+
+
+def test_import_options(hdf5, tmp_path):
+    path, demos = hdf5
+    summary = import_robomimic(ImportRobomimicConfig(
+        file=str(path), out=str(tmp_path / "a.zarr"), obs_keys=("object", "robot0_joint_pos"),
+        filter_key="train", images=False, flip_images=False, task="lift-mh", goal="to lift the red cube"))
+    assert summary["episodes"] == 2
+    ds = TrajectoryDataset.open(tmp_path / "a.zarr")
+    assert ds.frame_keys == [] and ds.attrs["obs_keys"] == ["object", "robot0_joint_pos"]
+    d = demos["demo_10"]
+    np.testing.assert_array_equal(ds.get("obs", ds.episode_slice(1)),
+                                  np.concatenate([d["obs"]["object"], d["obs"]["robot0_joint_pos"]], 1).astype(np.float32))
+    assert ds.episode_table()["task"].tolist() == ["lift-mh"] * 2
+    assert ds.episode_table()["goal"].tolist() == ["to lift the red cube"] * 2
+
+
+def test_dense_rewards_leave_success_unknown(tmp_path):
+    path = tmp_path / "dense.hdf5"
+    demos = write_robomimic(path, dense=True)
+    import_robomimic(ImportRobomimicConfig(file=str(path), out=str(tmp_path / "d.zarr")))
+    ds = TrajectoryDataset.open(tmp_path / "d.zarr")
+    assert ds.episode_table()["success"].tolist() == [-1, -1, -1] and not ds.has_ground_truth("success")
+    np.testing.assert_array_equal(ds.ground_truth("reward")[ds.episode_slice(2)], shift_rewards(demos["demo_10"]["rewards"]))
+
+
+def test_import_bad_input(hdf5, tmp_path, capsys):
+    path, _ = hdf5
+    (tmp_path / "x.hdf5").write_text("not hdf5")
+    with pytest.raises(DatasetError, match="not an HDF5 file"):
+        import_robomimic(ImportRobomimicConfig(file=str(tmp_path / "x.hdf5"), out=str(tmp_path / "o.zarr")))
+    with h5py.File(tmp_path / "empty.hdf5", "w") as f:
+        f.create_group("stuff")
+    with pytest.raises(DatasetError, match="not a robomimic dataset"):
+        import_robomimic(ImportRobomimicConfig(file=str(tmp_path / "empty.hdf5"), out=str(tmp_path / "o.zarr")))
+    with pytest.raises(DatasetError, match="not low-dim"):
+        import_robomimic(ImportRobomimicConfig(file=str(path), out=str(tmp_path / "o.zarr"),
+                                               obs_keys=("object", "agentview_image")))
+    with pytest.raises(DatasetError, match="no filter key mask/nope"):
+        import_robomimic(ImportRobomimicConfig(file=str(path), out=str(tmp_path / "o.zarr"), filter_key="nope"))
+    assert main(["import-robomimic", str(tmp_path / "missing.hdf5"), "--out", str(tmp_path / "o.zarr")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    # an existing dataset is refused and left as it was; --overwrite replaces it
+    out = tmp_path / "lift.zarr"
+    import_robomimic(ImportRobomimicConfig(file=str(path), out=str(out), filter_key="valid"))
+    assert main(["import-robomimic", str(path), "--out", str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert TrajectoryDataset.open(out).n_episodes == 1
+    assert main(["import-robomimic", "--file", str(path), "--out", str(out), "--overwrite"]) == 0
+    assert TrajectoryDataset.open(out).n_episodes == 3
+
+
+def test_demo_missing_key_is_named(tmp_path):
+    path = tmp_path / "broken.hdf5"
+    write_robomimic(path)
+    with h5py.File(path, "a") as f:
+        del f["data/demo_2/states"]
+    with pytest.raises(DatasetError, match="demo_2 has no 'states'"):
+        import_robomimic(ImportRobomimicConfig(file=str(path), out=str(tmp_path / "o.zarr")))
+    assert TrajectoryDataset.open(tmp_path / "o.zarr").n_episodes == 1  # demo_0 went in whole
