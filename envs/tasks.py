@@ -14,6 +14,9 @@ Policy observation (float32, fixed order, see ``TaskEnv.obs_keys``)::
            gripper_to_cubeB, cubeA_to_cubeB                                              -> 32 dims
     door   door_pos, handle_pos, door_to_eef_pos, handle_to_eef_pos, hinge_qpos, handle_qpos -> 23 dims
 
+Saved state (`get_state`, float64): MuJoCo's [time, qpos, qvel], plus the model pose of bodies that
+robosuite places at reset without a joint (the door), so a state alone rebuilds the scene.
+
 Rendering goes through our own ``mujoco.Renderer`` on the simulator's model and data (robosuite's own
 offscreen renderer is off), so frames rendered during collection and frames re-rendered later from
 saved states come out of the same code. Frames are upright (row 0 is the top of the image), unlike
@@ -47,6 +50,9 @@ class TaskSpec:
     horizon: int = 150
     control_freq: int = 20
     env_kwargs: Mapping[str, Any] = field(default_factory=dict)  # task-specific robosuite arguments
+    # bodies without a joint that robosuite moves at reset by editing the model (the door): their
+    # pose is not in qpos, so it is appended to the saved state
+    placed_bodies: tuple[str, ...] = ()
 
     @property
     def obs_keys(self) -> tuple[str, ...]:
@@ -68,7 +74,7 @@ TASKS: dict[str, TaskSpec] = {
         name="door", env_name="Door", goal="to open the door",
         object_keys=("door_pos", "handle_pos", "door_to_eef_pos", "handle_to_eef_pos", "hinge_qpos",
                      "handle_qpos"),
-        horizon=200,
+        horizon=200, placed_bodies=("Door_main",),
     ),
 }
 
@@ -147,6 +153,7 @@ class TaskEnv:
         self.control_freq = float(self.kwargs["control_freq"])
         self.action_low, self.action_high = (np.asarray(a, np.float32) for a in self._env.action_spec)
         self.action_dim = int(self.action_low.shape[0])
+        self._placed = [self._env.sim.model.body_name2id(name) for name in task.placed_bodies]
         self.state_dim = int(self.get_state().shape[0])
         self._renderers: dict[tuple[int, int, bool], Any] = {}
         self._scene_option = None
@@ -215,8 +222,11 @@ class TaskEnv:
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> np.ndarray:
-        """Flattened MuJoCo state [time, qpos, qvel] (float64)."""
-        return np.asarray(self._env.sim.get_state().flatten(), np.float64)
+        """Flattened MuJoCo state [time, qpos, qvel] (float64), then [pos (3), quat (4)] of each of the
+        task's ``placed_bodies`` (model poses that robosuite randomises at reset, outside qpos)."""
+        model = self._env.sim.model._model
+        poses = [np.concatenate([model.body_pos[b], model.body_quat[b]]) for b in self._placed]
+        return np.concatenate([self._env.sim.get_state().flatten()] + poses).astype(np.float64)
 
     def set_state(self, state: np.ndarray) -> np.ndarray:
         """Restore a saved state and recompute derived quantities; returns the observation there."""
@@ -226,7 +236,11 @@ class TaskEnv:
                 f"state has {state.shape[0]} values, {self.task.name} expects {self.state_dim}; "
                 "was it saved from another task or robosuite version? (check dataset attrs['env'])"
             )
-        self._env.sim.set_state_from_flattened(state)
+        n = state.shape[0] - 7 * len(self._placed)
+        self._env.sim.set_state_from_flattened(state[:n])
+        model = self._env.sim.model._model
+        for b, pose in zip(self._placed, state[n:].reshape(-1, 7)):
+            model.body_pos[b], model.body_quat[b] = pose[:3], pose[3:]
         self._env.sim.forward()
         self._last_obs = self._observe(self._env._get_observations(force_update=True))
         return self._last_obs
