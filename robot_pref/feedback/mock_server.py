@@ -52,7 +52,8 @@ class MockVLM:
                  retry_after: str = "1", slow_s: float = 5.0, api_key: str | None = None, tie_margin: float = 0.002):
         self.latency, self.faults, self.retry_after, self.slow_s = latency, faults, retry_after, slow_s
         self.api_key, self.tie_margin = api_key, tie_margin
-        self.requests: list[Request] = []
+        self.requests: list[Request] = []  # authorised requests, in arrival order
+        self.rejected = 0  # requests refused for a wrong API key
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
         self.httpd: ThreadingHTTPServer | None = None
@@ -118,6 +119,8 @@ class MockVLM:
         if not h.path.rstrip("/").endswith("/chat/completions"):
             return self._send(h, 404, {"error": {"message": f"no route {h.path}"}})
         if self.api_key is not None and h.headers.get("Authorization") != f"Bearer {self.api_key}":
+            with self._lock:
+                self.rejected += 1
             return self._send(h, 401, {"error": {"message": "invalid API key", "type": "invalid_request_error"}})
         req = json.loads(body)
         content = req["messages"][-1]["content"]
