@@ -443,3 +443,11 @@ def test_corrupt_low_dim_chunk_named_on_read(five):
     with pytest.raises(DatasetError, match="data/action.*damaged"):
         ds.get("action", [0])
     np.testing.assert_array_equal(ds.get("obs", slice(0, 90)), make_episode(0).obs)
+
+
+def test_stores_without_the_empty_chunk_flag_skip_the_file_check(five):
+    """Stores written before every chunk was kept may lack all-fill chunks legitimately: they still open."""
+    del zarr.open_group(five, mode="r+").attrs["empty_chunks_written"]
+    (five / "meta/terminated/c/0").unlink()
+    ds = TrajectoryDataset.open(five)
+    assert ds.episode_table()["terminated"].tolist() == [False] * 5  # the fill value, as before

@@ -142,6 +142,7 @@ class TrajectoryDataset:
                 "env": dict(env or {}),
                 "obs_keys": list(obs_keys),
                 "n_episodes": 0,
+                "empty_chunks_written": True,  # stores from before this flag may lack all-fill chunks
             }
         )
         for group in STEP_GROUPS + ("meta",):
@@ -201,7 +202,7 @@ class TrajectoryDataset:
     def _validate(self) -> None:
         try:
             self._check_structure()
-            missing = self._missing_chunks()
+            missing = self._missing_chunks() if self.root.attrs.get("empty_chunks_written") else []
         except DatasetError:
             raise
         except Exception as err:  # a corrupt zarr.json of an array or a damaged chunk of meta/
