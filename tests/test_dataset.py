@@ -451,3 +451,13 @@ def test_stores_without_the_empty_chunk_flag_skip_the_file_check(five):
     (five / "meta/terminated/c/0").unlink()
     ds = TrajectoryDataset.open(five)
     assert ds.episode_table()["terminated"].tolist() == [False] * 5  # the fill value, as before
+
+
+def test_overwrite_refuses_what_is_not_a_dataset(tmp_path):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.txt").write_text("keep me")
+    with pytest.raises(DatasetError, match="not a robot_pref dataset"):
+        create(tmp_path / "precious", overwrite=True)
+    assert (tmp_path / "precious" / "thesis.txt").read_text() == "keep me"
+    build(tmp_path / "d.zarr", n=1)
+    assert create(tmp_path / "d.zarr", overwrite=True).n_episodes == 0  # a dataset may be replaced

@@ -67,6 +67,15 @@ def _create(group: zarr.Group, name: str, **kw: Any) -> zarr.Array:
     return group.create_array(name, compressors=(ZstdCodec(), Crc32cCodec()), **kw)
 
 
+def _is_dataset_or_empty(path: Path) -> bool:
+    if path.is_dir() and not any(path.iterdir()):
+        return True
+    try:
+        return json.loads((path / "zarr.json").read_text())["attributes"]["format"] == FORMAT
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _writing():
     """zarr config for array handles that write: keep chunks equal to the fill value as files."""
     return zarr.config.set({"array.write_empty_chunks": True})
@@ -131,6 +140,11 @@ class TrajectoryDataset:
             raise DatasetError(
                 f"{path} already exists; open it with TrajectoryDataset.open(path, 'a') to append, "
                 "or pass overwrite=True (CLI: --overwrite) to replace it"
+            )
+        if Path(path).exists() and not _is_dataset_or_empty(Path(path)):
+            raise DatasetError(
+                f"refusing to overwrite {path}: it is not a robot_pref dataset (overwrite would delete it); "
+                "choose a new output path"
             )
         with _writing():
             root = zarr.open_group(path, mode="w", zarr_format=3)
