@@ -23,7 +23,7 @@ def _num(x: float | None, fmt: str = ".3f") -> str:
 
 
 def _learning_curves(run_dir: Path, policies: list[str]) -> str | None:
-    """One PNG of the training losses of every policy (from each run's metrics.csv)."""
+    """One PNG of the training losses of every policy (from each run's log.csv)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,7 +31,7 @@ def _learning_curves(run_dir: Path, policies: list[str]) -> str | None:
 
     series = {}
     for policy in policies:
-        path = run_dir / "policies" / policy / "metrics.csv"
+        path = run_dir / "policies" / policy / "log.csv"
         if path.exists():
             with path.open() as fh:
                 series[policy] = list(csv.DictReader(fh))
@@ -66,7 +66,7 @@ def write_report(cfg: Any, run_dir: Path) -> dict:
     for policy in cfg.policies:
         info = _read_json(run_dir / "eval" / policy / "eval_info.json")
         if info:
-            policies[policy] = {k: v for k, v in info.items() if k != "episodes"}
+            policies[policy] = {k: v for k, v in info.items() if k != "per_episode"}
     report = {
         "name": cfg.name,
         "config": dataclasses.asdict(cfg),
@@ -102,10 +102,10 @@ def write_report(cfg: Any, run_dir: Path) -> dict:
     md += ["", "## Policies", "", "| policy | success | 95% CI | mean true return | episodes | videos |",
            "|---|---:|---:|---:|---:|---|"]
     for policy, info in policies.items():
-        ci = info.get("success_ci") or [None, None]
+        ci = info.get("ci") or [None, None]
         videos = ", ".join(f"[{Path(v).name}]({v})" for v in info.get("videos", [])[:3]) or "-"
         md.append(f"| {policy} | {_pct(info.get('success_rate'))} | {_pct(ci[0])} – {_pct(ci[1])} "
-                  f"| {_num(info.get('mean_return'), '.1f')} | {info.get('n_episodes', '-')} | {videos} |")
+                  f"| {_num(info.get('mean_return'), '.1f')} | {info.get('episodes', '-')} | {videos} |")
     if curves:
         md += ["", "## Learning curves", "", f"![learning curves]({curves})"]
     text = "\n".join(md) + "\n"

@@ -17,10 +17,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from robot_pref.envs.commands import CollectConfig
-from robot_pref.eval.commands import EvalConfig
+from robot_pref.eval.rollout import EvalConfig
 from robot_pref.feedback.config import LabelConfig
 from robot_pref.render.render import RenderConfig
 from robot_pref.reward.config import FitRewardConfig, RelabelConfig
@@ -40,6 +40,11 @@ class RunConfig:
     address: str | None = field(default=None, metadata={"help": "Ray address (default: RAY_ADDRESS or local)"})
     policies: tuple[str, ...] = field(default=("iql-learned", "iql-true", "bc"), metadata={
         "help": "policies to train and evaluate: iql-learned, iql-true (oracle), bc"})
+    gpus: float = field(default=0.0, metadata={
+        "help": "GPUs Ray reserves for each fit_reward / train stage, run as a Ray task on a GPU node (0 = in this "
+                "process, on its CUDA device if it has one)"})
+    checkpoint: Literal["last", "best"] = field(default="last", metadata={
+        "help": "policy checkpoint to evaluate: last, or best by the training-time evaluations (needs train.eval_every)"})
     collect: CollectConfig = field(default_factory=CollectConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
@@ -114,7 +119,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     stages.append(Stage("label", cfg.label, lambda: label(cfg.label)))
     report_cfg = LabelReportConfig(dataset=cfg.dataset, labels=cfg.label.out)
     stages.append(Stage("label_report", report_cfg, lambda: _if_ground_truth(cfg, lambda: label_report(report_cfg))))
-    stages.append(Stage("fit_reward", cfg.fit_reward, lambda: fit_reward(cfg.fit_reward)))
+    stages.append(Stage("fit_reward", cfg.fit_reward, lambda: _on_gpu(cfg.gpus, fit_reward, cfg.fit_reward)))
     stages.append(Stage("relabel", cfg.relabel, lambda: relabel(cfg.relabel)))
     for policy in cfg.policies:
         if policy not in POLICIES:
@@ -122,11 +127,20 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         algo, reward_key = POLICIES[policy]
         train_cfg = dataclasses.replace(cfg.train, algo=algo, reward_key=reward_key,
                                         out=str(Path(cfg.run_dir) / "policies" / policy))
-        eval_cfg = dataclasses.replace(cfg.eval, policy=str(Path(train_cfg.out) / "best.pt"),
+        eval_cfg = dataclasses.replace(cfg.eval, policy=str(Path(train_cfg.out) / f"{cfg.checkpoint}.pt"),
                                        out=str(Path(cfg.run_dir) / "eval" / policy))
-        stages.append(Stage(f"train_{policy}", train_cfg, lambda c=train_cfg: train(c)))
+        stages.append(Stage(f"train_{policy}", train_cfg, lambda c=train_cfg: _on_gpu(cfg.gpus, train, c)))
         stages.append(Stage(f"eval_{policy}", eval_cfg, lambda c=eval_cfg: evaluate(c)))
     return stages
+
+
+def _on_gpu(gpus: float, fn: Callable[[Any], dict], stage_cfg: Any) -> dict:
+    """Run a training stage as a Ray task holding ``gpus`` GPUs (Ray hides GPUs from tasks that ask for none)."""
+    if gpus <= 0:
+        return fn(stage_cfg)
+    import ray
+
+    return ray.get(ray.remote(num_gpus=gpus, max_retries=0)(fn).remote(stage_cfg))
 
 
 def _collect_remaining(cfg: CollectConfig, collect: Callable[[CollectConfig], dict]) -> dict:
