@@ -311,14 +311,20 @@ class TrajectoryDataset:
 
     @property
     def episode_ends(self) -> np.ndarray:
-        if "episode_ends" not in self._cache:
-            self._cache["episode_ends"] = self.root["meta/episode_ends"][: self.n_episodes].astype(np.int64)
-        return self._cache["episode_ends"]
+        return self._bounds()[1]
 
     @property
     def episode_starts(self) -> np.ndarray:
-        ends = self.episode_ends
-        return np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        return self._bounds()[0]
+
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, ends) of the committed episodes, read once per handle and write."""
+        if "episode_ends" not in self._cache:
+            ends = self.root["meta/episode_ends"][: self.n_episodes].astype(np.int64)
+            starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+            ends.flags.writeable = starts.flags.writeable = False
+            self._cache["episode_starts"], self._cache["episode_ends"] = starts, ends
+        return self._cache["episode_starts"], self._cache["episode_ends"]
 
     @property
     def n_frames(self) -> int:
