@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 from robot_pref.hardware.config import RolloutConfig, ServeConfig, TeleopConfig
 
@@ -16,8 +17,13 @@ def serve(cfg: ServeConfig) -> None:
     robot = open_robot(cfg.robot, cameras=cfg.cameras, size=cfg.size, safety=cfg.safety, seed=cfg.seed,
                        watchdog=True)
     server = RobotServer(robot, cfg.host, cfg.port, token=cfg.token or os.environ.get("ROBOT_PREF_TOKEN"))
+    server.robot.connect()  # the slow part (building the sim, reaching the arm) before announcing the port
     print(f"serving {cfg.robot} on tcp://{cfg.host}:{server.port} (Ctrl-C stops; the arm is stopped on exit)",
           flush=True)
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the arm and closes cleanly, as Ctrl-C does
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ import zmq
 from robot_pref.hardware.interface import Observation, Robot, RobotInfo, SafetyFault
 from robot_pref.hardware.wire import PROTOCOL, pack, unpack
 
+MOVE_TIMEOUT_S = 60.0  # reset/home move a real arm slowly to its home pose
 ERRORS = {"fault": SafetyFault, "unauthorized": PermissionError, "invalid": ValueError, "malformed": ValueError}
 
 
@@ -79,10 +80,10 @@ class RemoteRobot(Robot):
         return np.asarray(self._call("send", command=np.asarray(command, np.float64), mode=mode))
 
     def reset(self, seed: int | None = None) -> Observation:
-        return Observation.from_dict(self._call("reset", seed=seed))
+        return Observation.from_dict(self._call("reset", timeout_s=max(self.timeout_s, MOVE_TIMEOUT_S), seed=seed))
 
     def home(self) -> None:
-        self._call("home")
+        self._call("home", timeout_s=max(self.timeout_s, MOVE_TIMEOUT_S))
 
     def stop(self) -> None:
         self._call("stop")

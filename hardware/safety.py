@@ -166,6 +166,8 @@ class SafeRobot(Robot):
         return self.robot.info
 
     def connect(self) -> "SafeRobot":
+        if self._filter is not None:
+            return self
         self.robot.connect()
         self._filter = SafetyFilter(self.cfg, self.robot.info)
         if self.use_watchdog and self._watchdog is None:
@@ -173,6 +175,8 @@ class SafeRobot(Robot):
         return self
 
     def disconnect(self) -> None:
+        if self._filter is None:
+            return
         if self._watchdog is not None:
             self._watchdog.close()
             self._watchdog = None
@@ -181,6 +185,7 @@ class SafeRobot(Robot):
                 self.robot.stop()
             finally:
                 self.robot.disconnect()
+                self._filter = None
 
     @property
     def fault(self) -> str | None:
