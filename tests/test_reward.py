@@ -147,6 +147,25 @@ def test_ensemble_members_differ_but_agree_on_the_trend(trained, dataset):
             assert np.abs(members[i] - members[j]).mean() > 0.01  # different init + different batches
 
 
+def test_vmapped_and_looped_ensembles_agree():
+    """The GPU path (one vmapped call) and the CPU path (a loop over weight views) compute the same thing."""
+    import copy
+
+    from robot_pref.reward.models import ModelSpec, RewardModel
+
+    one = RewardModel(ModelSpec(type="resnet18", height=SIZE, width=SIZE, ensemble=2), seed=0).train()
+    two = copy.deepcopy(one)
+    x = torch.randint(0, 256, (2, 6, 3, SIZE, SIZE), dtype=torch.uint8)
+    r1, r2 = one(x, per_member=True, vectorize=True), two(x, per_member=True, vectorize=False)
+    torch.testing.assert_close(r1, r2, atol=1e-5, rtol=1e-4)
+    r1.sum().backward()
+    r2.sum().backward()
+    for p1, p2 in zip(one.parameters(), two.parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad, atol=1e-4, rtol=1e-3)
+    for (name, b1), b2 in zip(one.state_dict().items(), two.state_dict().values()):  # BatchNorm running stats
+        torch.testing.assert_close(b1, b2, atol=1e-6, rtol=1e-5, msg=name)
+
+
 # ------------------------------------------------------------------------------------ checkpoints
 def test_checkpoint_round_trip_cnn(trained, dataset):
     from robot_pref.reward.models import load_reward_model

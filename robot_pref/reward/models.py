@@ -149,13 +149,15 @@ class Ensemble(nn.Module):
             self.register_buffer("buf-" + n.replace(".", "-"), b)
         # the stateless template lives outside the module registry so .to(device) leaves it on 'meta'
         self.__dict__["template"] = copy.deepcopy(members[0]).to("meta")
+        self.size = len(members)
 
-    @property
-    def k(self) -> int:
-        return next(iter(self.params.values())).shape[0]
+    def forward(self, x: torch.Tensor, per_member: bool = False, vectorize: bool | None = None) -> torch.Tensor:
+        """x: (N, ...) shared by all members, or (K, N, ...) with ``per_member``. Returns (K, N).
 
-    def forward(self, x: torch.Tensor, per_member: bool = False) -> torch.Tensor:
-        """x: (N, ...) shared by all members, or (K, N, ...) with ``per_member``. Returns (K, N)."""
+        ``vectorize`` (default: on GPU only) runs all members in one vmapped call; on CPU the grouped
+        convolutions vmap produces are slower than K plain ones (tools/bench_reward.py), so members
+        run in a loop over views of the same stacked weights.
+        """
         params = {n: self.params[n.replace(".", "-")] for n in self.names}
         buffers = {n: getattr(self, "buf-" + n.replace(".", "-")) for n in self.buffer_names}
         self.template.train(self.training)
@@ -163,7 +165,13 @@ class Ensemble(nn.Module):
         def call(p, b, xi):
             return functional_call(self.template, (p, b), (xi,))
 
-        return vmap(call, in_dims=(0, 0, 0 if per_member else None))(params, buffers, x).squeeze(-1)
+        if vectorize if vectorize is not None else x.device.type == "cuda":
+            return vmap(call, in_dims=(0, 0, 0 if per_member else None))(params, buffers, x).squeeze(-1)
+        outs = []
+        for i in range(self.size):
+            p_i, b_i = {n: p[i] for n, p in params.items()}, {n: b[i] for n, b in buffers.items()}
+            outs.append(call(p_i, b_i, x[i] if per_member else x))
+        return torch.stack(outs).squeeze(-1)
 
 
 # ---------------------------------------------------------------------------------------- reward model
@@ -246,7 +254,8 @@ class RewardModel(nn.Module):
         return x.permute(0, 2, 3, 1)[torch.arange(n, device=x.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
 
     # -------------------------------------------------------------- forward / predict
-    def forward(self, inputs: torch.Tensor, per_member: bool = False, augment: bool = False) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, per_member: bool = False, augment: bool = False,
+                vectorize: bool | None = None) -> torch.Tensor:
         """Rewards (K, N) of ``inputs`` from `inputs` ((N, ...) shared, or (K, N, ...) per member)."""
         x = inputs.to(self.device, non_blocking=True)
         if self.image_input:
@@ -254,7 +263,7 @@ class RewardModel(nn.Module):
             x = x.reshape((-1,) + tuple(x.shape[-3:])).float() / 255.0 - 0.5
             x = self._augment(x, train=augment)
             x = x.reshape(lead + tuple(x.shape[1:]))
-        return self.ensemble(x, per_member=per_member).float()
+        return self.ensemble(x, per_member=per_member, vectorize=vectorize).float()
 
     @torch.no_grad()
     def predict_members(self, frames: np.ndarray, batch_size: int = 256) -> np.ndarray:

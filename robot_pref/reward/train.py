@@ -86,13 +86,13 @@ class InputCache:
         if not model.image_input or len(self.index) * per_frame <= cache_mb * 2**20:
             chunks = [model.inputs(ds.get(self.key, self.index[i : i + batch_size]))
                       for i in tqdm(range(0, len(self.index), batch_size), desc="reading frames", leave=False)]
-            self.values = torch.cat(chunks) if chunks else None
+            self.values = torch.cat(chunks).to(model.device) if chunks else None  # on the GPU when there is one
 
     def __call__(self, frame_indices: np.ndarray) -> torch.Tensor:
         """Inputs of frames of any index shape (e.g. (K, B)) -> (*shape, ...)."""
         flat = np.asarray(frame_indices).reshape(-1)
         if self.values is not None:
-            x = self.values[torch.from_numpy(np.searchsorted(self.index, flat))]
+            x = self.values[torch.from_numpy(np.searchsorted(self.index, flat)).to(self.values.device)]
         else:
             x = self.model.inputs(self.ds.get(self.key, flat))
         return x.reshape(tuple(np.shape(frame_indices)) + tuple(x.shape[1:]))
@@ -176,7 +176,7 @@ def train(model: RewardModel, inputs: InputCache, train_pairs: Pairs, val_pairs:
             opt.step()
             losses.append(loss.item() / k)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
-               "pairs_per_s": steps * batch * k / (time.perf_counter() - t0)}
+               "pairs_per_s": steps * batch / (time.perf_counter() - t0)}  # each member trains on as many
         if len(val_pairs):
             val = validate(model, inputs, val_pairs, cfg.label_noise)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
