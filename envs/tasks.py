@@ -158,7 +158,9 @@ class TaskEnv:
         self._renderers: dict[tuple[int, int, bool], Any] = {}
         self._scene_option = None
         self._pending_seed = seed
-        self._last_obs = self._observe(self._env._get_observations(force_update=True))
+        # a first reset hides robosuite's visualisation sites (a fresh model shows them), so that every
+        # env renders a state the same way however many episodes it has run
+        self._last_obs = self._observe(self._env.reset())
         self.obs_dim = int(self._last_obs.shape[0])
         raw = self._env._get_observations(force_update=True)
         sizes = np.cumsum([0] + [np.atleast_1d(raw[k]).shape[0] for k in self.obs_keys])

@@ -82,7 +82,11 @@ def test_seed_determinism_and_from_meta(lift):
     meta = lift.meta()
     assert json.loads(json.dumps(meta)) == meta  # storable in zarr attrs
     assert (meta["name"], meta["task"], meta["obs_dim"], meta["state_dim"]) == ("Lift", "lift", 19, 32)
-    with TaskEnv.from_meta(meta) as rebuilt:  # a fresh env (own model) replays the same episode
+    lift.set_state(states_a[9])
+    frame = lift.render("agentview", 48, 48)
+    with TaskEnv.from_meta(meta) as rebuilt:  # a fresh env (own model) replays and renders the same
+        np.testing.assert_array_equal(rebuilt.set_state(states_a[9]), obs_a[9])
+        np.testing.assert_array_equal(rebuilt.render("agentview", 48, 48), frame)
         _, states_c, _ = rollout(rebuilt, seed=7)
     np.testing.assert_array_equal(states_c, states_a)
     with pytest.raises(ValueError, match="needs 'task' and 'kwargs'"):
