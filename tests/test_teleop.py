@@ -107,3 +107,44 @@ def test_script_errors_name_the_step():
         ScriptedDevice("jump")
     dev = ScriptedDevice("wait 2")
     assert [dev.poll().events for _ in range(3)] == [[], [], ["quit"]]
+
+
+def test_keyboard_teleop_in_a_real_terminal(tmp_path):
+    """The headless path: a pseudo-terminal (as over ssh), cbreak mode, keys typed one by one."""
+    import pty
+    import subprocess
+    import time
+
+    out = tmp_path / "kb.zarr"
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "robot_pref", "teleop", "--robot", "fake", "--device", "keyboard",
+                             "--out", str(out)], stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    seen = b""
+
+    def wait_for(text: bytes, timeout: float = 60.0):
+        nonlocal seen
+        end = time.monotonic() + timeout
+        while text not in seen and time.monotonic() < end and proc.poll() is None:
+            import select
+
+            if select.select([leader], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(leader, 4096)
+                except OSError:
+                    break
+        assert text in seen, seen.decode(errors="replace")[-500:]
+
+    try:
+        wait_for(b"keys:")  # the help line: the device is up and the terminal in cbreak mode
+        for keys in (b"b", b"w", b"w", b"w", b"\r", b"q"):
+            os.write(leader, keys)
+            time.sleep(0.25)
+        wait_for(b"saved 1 episodes")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        os.close(leader)
+    ds = TrajectoryDataset.open(out)
+    assert ds.n_episodes == 1 and ds.episode_table()["tier"][0] == "teleop"
+    assert ds.get("action")[:, 0].max() == pytest.approx(0.5)  # 'w' drove +x at the keyboard speed
