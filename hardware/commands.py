@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 from robot_pref.hardware.config import RolloutConfig, ServeConfig, TeleopConfig
 
@@ -30,16 +31,27 @@ def serve(cfg: ServeConfig) -> None:
         pass
 
 
+def _robot_errors(command: str, func, cfg):
+    """Robot-side failures end the command with their message (they name the fix), not a traceback."""
+    from robot_pref.hardware.interface import SafetyFault
+
+    try:
+        return func(cfg)
+    except (SafetyFault, TimeoutError, PermissionError, ImportError, OSError) as err:
+        print(f"robot-pref {command}: stopped: {err}", file=sys.stderr)
+        raise SystemExit(1) from err
+
+
 def teleop(cfg: TeleopConfig) -> dict:
     from robot_pref.hardware.teleop import teleop
 
-    return teleop(cfg)
+    return _robot_errors("teleop", teleop, cfg)
 
 
 def rollout(cfg: RolloutConfig) -> dict:
     from robot_pref.hardware.rollout import rollout
 
-    return rollout(cfg)
+    return _robot_errors("rollout", rollout, cfg)
 
 
 def register(sub) -> None:

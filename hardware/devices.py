@@ -24,7 +24,7 @@ import numpy as np
 
 EVENTS = ("start", "save", "discard", "rerecord", "recover", "quit")
 KEY_EVENTS = {"b": "start", "\r": "save", "\n": "save", "x": "discard", "t": "rerecord", "c": "recover",
-              "q": "quit", "\x1b": "quit"}
+              "q": "quit"}
 KEY_MOTION = {"w": (0, 1), "s": (0, -1), "a": (1, 1), "d": (1, -1), "r": (2, 1), "f": (2, -1),
               "u": (3, 1), "o": (3, -1), "i": (4, 1), "k": (4, -1), "j": (5, 1), "l": (5, -1)}
 KEYBOARD_HELP = ("keys: b start | Enter save | x discard | t re-record | c clear fault | q quit || "

@@ -101,10 +101,10 @@ def open_dataset(path: str | Path, info: RobotInfo, overwrite: bool = False) -> 
     env = info.env or {"name": info.name, "task": info.task}
     if Path(path).exists() and not overwrite:
         ds = TrajectoryDataset.open(path, "a")
-        have = ds.env_meta.get("task"), ds.shape("obs")[1:], ds.shape("action")[1:]
-        want = env.get("task"), (info.obs_dim,), (7,)
+        have = ds.env_meta.get("task"), ds.shape("obs")[1:], ds.shape("action")[1:], ds.shape("state")[1:]
+        want = env.get("task"), (info.obs_dim,), (7,), (info.state_dim,)
         if have != want:
-            raise DatasetError(f"{path} holds task/obs/action {have}, {info.name} produces {want}; "
+            raise DatasetError(f"{path} holds task/obs/action/state {have}, {info.name} produces {want}; "
                                "record into another --out/--record path")
         return ds
     return TrajectoryDataset.create(path, obs_dim=info.obs_dim, action_dim=7, state_dim=info.state_dim,

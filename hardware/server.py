@@ -91,7 +91,11 @@ class RobotServer:
                 continue
             frames = self._sock.recv_multipart()
             reply = self.handle(frames[-1])
-            self._sock.send_multipart(frames[:-1] + [pack(reply)])  # identity (+ REQ delimiter) back
+            try:
+                data = pack(reply)
+            except TypeError as err:  # a backend returned something the wire cannot carry
+                data = pack(self._error(reply["id"], "error", f"reply cannot be sent: {err}"))
+            self._sock.send_multipart(frames[:-1] + [data])  # identity (+ REQ delimiter) back
 
     # ------------------------------------------------------------------ requests
     def handle(self, payload: bytes) -> dict:
@@ -102,7 +106,7 @@ class RobotServer:
         except WireError as err:
             return self._error(-1, "malformed", str(err))
         rid = msg["id"]
-        if self.token and not hmac.compare_digest(str(msg.get("token") or ""), self.token):
+        if self.token and not hmac.compare_digest(str(msg.get("token") or "").encode(), self.token.encode()):
             return self._error(rid, "unauthorized", "wrong or missing token; pass the server's --token")
         try:
             result = self._dispatch(msg["op"], msg.get("args", {}))

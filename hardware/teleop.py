@@ -56,18 +56,21 @@ def teleop(cfg: TeleopConfig, device=None, status=sys.stderr) -> dict:
                 inp = device.poll()
                 if "quit" in inp.events:
                     break
-                for ev in inp.events:
-                    if ev == "recover":
-                        robot.recover()
-                        fault = None
-                    elif ev == "start" and not recording:
-                        begin(cfg.seed + started)
-                        started += 1
-                    elif ev in ("save", "discard") and recording:
-                        end(keep=ev == "save")
-                    elif ev == "rerecord" and recording:
-                        end(keep=False)
-                        begin(cfg.seed + started - 1)
+                try:
+                    for ev in inp.events:
+                        if ev == "recover":
+                            robot.recover()
+                            fault = None
+                        elif ev == "start" and not recording:
+                            started += 1
+                            begin(cfg.seed + started - 1)
+                        elif ev in ("save", "discard") and recording:
+                            end(keep=ev == "save")
+                        elif ev == "rerecord" and recording:
+                            end(keep=False)
+                            begin(cfg.seed + started - 1)
+                except SafetyFault as err:  # e.g. start while a fault is latched: show it, wait for 'c'
+                    fault = str(err)
                 if recording and not inp.events and not fault:
                     try:
                         applied = robot.send(info.to_si(inp.action))

@@ -64,6 +64,15 @@ def test_scripted_session_through_the_robot_server(tmp_path):
     assert ds.env_meta["task"] == "lift" and ds.has_ground_truth("success")
 
 
+def test_a_fault_pauses_recording_until_cleared(tmp_path):
+    script = ("start; move 0.1,0,0,0,0,0,0 x2; move nan,0,0,0,0,0,0 x1; move 0.1,0,0,0,0,0,0 x3;"
+              " recover; move 0.1,0,0,0,0,0,0 x2; save")
+    counts = teleop(TeleopConfig(robot="fake", device="scripted", script=script, out=str(tmp_path / "f.zarr"),
+                                 rate_hz=500))
+    assert counts["saved"] == 1 and counts["steps"] == 4  # 2 before the fault, none while latched, 2 after
+    assert TrajectoryDataset.open(tmp_path / "f.zarr").episode_table()["length"].tolist() == [4]
+
+
 def test_keyboard_decodes_keys_from_a_pipe():
     r, w = os.pipe()
     kb = KeyboardDevice(fd=r, speed=0.5, hold_s=10.0)
