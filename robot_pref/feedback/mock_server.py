@@ -189,3 +189,22 @@ def decode(data_url: str) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
+
+
+def main() -> None:
+    """``python -m robot_pref.feedback.mock_server --latency 0.3``: serve until interrupted (prints the URL)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="local OpenAI-compatible server judging frames by red pixels")
+    p.add_argument("--latency", type=float, default=0.0)
+    args = p.parse_args()
+    with MockVLM(latency=args.latency) as server:
+        print(server.url, flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

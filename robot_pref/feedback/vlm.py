@@ -151,6 +151,12 @@ class VLMLabeler(Labeler):
             self._loop = loop
         return self._client
 
+    async def aclose(self) -> None:
+        """Close the HTTP client (call before its event loop ends, when the labeler is used directly)."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = self._loop = None
+
     async def label(self, queries: list[Query]) -> list[Answer]:
         self._bind()
         return list(await asyncio.gather(*(self.ask(q) for q in queries)))
