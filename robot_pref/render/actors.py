@@ -7,6 +7,7 @@ round trip carries ~100 frames and the per-frame cost stays that of `mujoco.Rend
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -39,8 +40,11 @@ class EpisodeRenderer:
         self.env.reset()
         self.render_options = RenderOptions(**self.options)
         model = self.env.sim.model._model
-        return {"cameras": [model.camera(i).name for i in range(model.ncam)], "state_dim": self.env.state_dim,
-                "pid": os.getpid()}
+        cameras = [model.camera(i).name for i in range(model.ncam)]
+        if self.camera in cameras:  # make the GL context now rather than inside the first episode
+            self.env.render(self.camera, self.height, self.width, self.render_options)
+        self._cpu_start = time.process_time()
+        return {"cameras": cameras, "state_dim": self.env.state_dim}
 
     def render_episode(self, states: np.ndarray) -> np.ndarray:
         """Frames (T, H, W, 3) uint8 of one episode: frame t shows saved state t."""
@@ -49,6 +53,10 @@ class EpisodeRenderer:
             self.env.set_state(state)
             frames[t] = self.env.render(self.camera, self.height, self.width, self.render_options)
         return frames
+
+    def cpu_seconds(self) -> float:
+        """CPU time this actor spent since setup (all threads): tells rendering cost from waiting for a core."""
+        return time.process_time() - self._cpu_start
 
     def close(self) -> None:
         if self.env is not None:

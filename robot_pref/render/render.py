@@ -42,8 +42,8 @@ def render_dataset(cfg: RenderConfig) -> dict:
     """Render every not-yet-rendered episode of ``cfg.dataset`` into ``frames/<camera>_<size>``.
 
     Returns the key and what this call did: episodes/frames rendered, episodes skipped as already
-    done, frames per actor, setup seconds (actor start + env build) and render seconds/fps
-    (first episode sent to last episode written).
+    done, frames per actor, setup seconds (actor start + env build), render seconds/fps (first
+    episode sent to last episode written) and the CPU seconds actors and driver spent meanwhile.
     """
     import ray
     from tqdm import tqdm
@@ -70,13 +70,12 @@ def render_dataset(cfg: RenderConfig) -> dict:
             "states (data/state): re-collect the data or import it with its states"
         )
     key = frame_key(cfg.camera, height, width)
-    if cfg.overwrite and key in ds.frame_keys:
-        ds.delete(f"frames/{key}")
-    ds.create_frames(key, height, width)
-    done = ds.rendered_episodes(key)
+    options = {"shadows": cfg.shadows, "reflections": cfg.reflections, "multisample": cfg.multisample}
+    done = np.zeros(ds.n_episodes, bool) if cfg.overwrite else ds.rendered_episodes(key)
     todo = [int(e) for e in np.flatnonzero(~done)]
     result = {"key": key, "episodes": 0, "frames": 0, "skipped": int(done.sum()), "actors": 0,
-              "frames_per_actor": [], "setup_seconds": 0.0, "render_seconds": 0.0, "fps": 0.0}
+              "frames_per_actor": [], "setup_seconds": 0.0, "render_seconds": 0.0, "fps": 0.0,
+              "actor_cpu_seconds": [], "driver_cpu_seconds": 0.0, "options": options}
     if not todo:
         log.info("frames/%s: all %d episodes already rendered (use --overwrite to re-render)", key, ds.n_episodes)
         return result
@@ -91,7 +90,6 @@ def render_dataset(cfg: RenderConfig) -> dict:
     # GPU GL needs a visible GPU: Ray hides all GPUs from actors that request none
     gpus = ray.cluster_resources().get("GPU", 0)
     remote = ray.remote(num_cpus=1, num_gpus=min(1.0, gpus / n_actors) if gpus else 0)(EpisodeRenderer)
-    options = {"shadows": cfg.shadows, "reflections": cfg.reflections, "multisample": cfg.multisample}
     actors = [remote.remote(env_meta, cfg.camera, height, width, options) for _ in range(n_actors)]
     start = time.perf_counter()
     try:
@@ -108,6 +106,9 @@ def render_dataset(cfg: RenderConfig) -> dict:
                                f"attrs['env'] has state dim {infos[0]['state_dim']}; the metadata does not "
                                "match the data (another task or robosuite version?)")
         setup_seconds = time.perf_counter() - start
+        if cfg.overwrite and key in ds.frame_keys:  # only now that the scene and camera are known good
+            ds.delete(f"frames/{key}")
+        ds.create_frames(key, height, width)
         slices = {e: ds.episode_slice(e) for e in todo}
         per_actor = [0] * n_actors
         queue = iter(todo)
@@ -119,7 +120,7 @@ def render_dataset(cfg: RenderConfig) -> dict:
                 ref = actors[i].render_episode.remote(states[slices[episode]])
                 pending[ref] = (i, episode)
 
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         total = sum(s.stop - s.start for s in slices.values())
         with tqdm(total=total, unit="frame", desc=f"render {key}", dynamic_ncols=True) as bar:
             for i in range(n_actors):
@@ -133,13 +134,14 @@ def render_dataset(cfg: RenderConfig) -> dict:
                 ds.write_episode_frames(key, episode, frames)
                 per_actor[i] += len(frames)
                 bar.update(len(frames))
-        seconds = time.perf_counter() - start
+        seconds, driver_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        actor_cpu = ray.get([a.cpu_seconds.remote() for a in actors])
     finally:
         for actor in actors:
             ray.kill(actor)
     result.update(episodes=len(todo), frames=total, actors=n_actors, frames_per_actor=per_actor,
                   setup_seconds=setup_seconds, render_seconds=seconds, fps=total / max(seconds, 1e-9),
-                  options=options)
+                  actor_cpu_seconds=actor_cpu, driver_cpu_seconds=driver_cpu)
     log.info("frames/%s: rendered %d episodes (%d frames) with %d actors at %.1f frames/s",
              key, len(todo), total, n_actors, result["fps"])
     return result
