@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+
 import numpy as np
 
 from robot_pref.hardware.config import SafetyConfig
@@ -115,7 +116,11 @@ class SafetyFilter:
 
 
 class Watchdog:
-    """Calls ``on_timeout`` when armed and not kicked for ``timeout_s`` (checked at timeout_s / 10)."""
+    """Calls ``on_timeout`` when armed and not kicked for ``timeout_s``, at the latest by ``timeout_s``.
+
+    It checks every ``timeout_s / 20`` and fires once the silence exceeds ``timeout_s`` less two checks, so
+    the stop lands within the limit (barring scheduling delays), never later.
+    """
 
     def __init__(self, timeout_s: float, on_timeout):
         self.timeout_s = float(timeout_s)
@@ -136,9 +141,12 @@ class Watchdog:
     def silent_for(self) -> float:
         return time.monotonic() - self._last
 
+    def expired(self) -> bool:
+        return self.armed and self.silent_for() > self.timeout_s * 0.9  # 0.9 = less two checks
+
     def _run(self) -> None:
-        while not self._closed.wait(self.timeout_s / 10):
-            if self.armed and self.silent_for() > self.timeout_s:
+        while not self._closed.wait(self.timeout_s / 20):
+            if self.expired():
                 self._on_timeout()
 
     def close(self) -> None:
@@ -214,7 +222,7 @@ class SafeRobot(Robot):
     def _on_watchdog(self) -> None:
         with self._lock:
             wd = self._watchdog
-            if wd is not None and wd.armed and wd.silent_for() > wd.timeout_s:
+            if wd is not None and wd.expired():  # again under the lock: a command may just have arrived
                 self._latch(f"watchdog: no command for {wd.silent_for() * 1e3:.0f} ms (limit "
                             f"{wd.timeout_s * 1e3:.0f} ms = {self.cfg.watchdog_periods:g} control periods)")
 

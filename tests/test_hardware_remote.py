@@ -162,3 +162,37 @@ def test_client_killed_mid_episode_leaves_a_stopped_arm(served):
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+leaves = st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats() | st.text(max_size=8) | st.binary(max_size=8)
+messages = st.recursive(leaves, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4),
+                        max_leaves=12)
+
+
+@pytest.fixture(scope="module")
+def idle_server():
+    arm = FakeArm()
+    server = RobotServer(arm, port=0)  # not started: handle() is called directly
+    server.robot.connect()
+    yield arm, server
+    server.robot.disconnect()
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=64) | messages.map(pack)
+       | st.fixed_dictionaries({"v": st.just(1), "id": st.integers(0, 9), "op": st.sampled_from(["send", "reset", "observe"]),
+                                "args": st.dictionaries(st.sampled_from(["command", "mode", "seed", "frames"]), leaves | st.lists(leaves, max_size=8), max_size=3)}).map(pack))
+def test_fuzzed_requests_never_crash_the_server_or_move_the_arm_unsafely(idle_server, payload):
+    arm, server = idle_server
+    reply = server.handle(payload)
+    pack(reply)  # the reply can always be sent
+    assert set(reply) >= {"v", "id", "ok", "fault"}
+    if arm.applied:  # whatever got through passed the safety filter
+        mode, cmd = arm.applied[-1]
+        assert mode in ("ee_delta", "joint_pos") and np.all(np.isfinite(cmd))
+        if mode == "ee_delta":
+            assert np.linalg.norm(cmd[:3]) <= 0.05 + 1e-9
+    server.robot.recover()
