@@ -461,3 +461,22 @@ def test_overwrite_refuses_what_is_not_a_dataset(tmp_path):
     assert (tmp_path / "precious" / "thesis.txt").read_text() == "keep me"
     build(tmp_path / "d.zarr", n=1)
     assert create(tmp_path / "d.zarr", overwrite=True).n_episodes == 0  # a dataset may be replaced
+
+
+@pytest.mark.parametrize("chunk_rows,compressors", [
+    (1, "zstd"), (8, "blosc"), (4, None)], ids=["1-frame-zstd", "8-frame-lz4hc-crc", "4-frame-raw"])
+def test_shard_reader_matches_zarr(tmp_path, chunk_rows, compressors):
+    """The direct reader decodes every layout it accepts exactly as zarr does, unwritten chunks included."""
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+    codecs = {"zstd": (ZstdCodec(),), "blosc": (BloscCodec(cname="lz4hc", clevel=5, shuffle="noshuffle", typesize=1),
+                                                  Crc32cCodec()), None: None}[compressors]
+    arr = zarr.create_array(tmp_path / "a.zarr", shape=(700, 6, 5, 3), chunks=(chunk_rows, 6, 5, 3),
+                            shards=(64, 6, 5, 3), dtype="uint8", fill_value=7, compressors=codecs)
+    data = np.random.default_rng(0).integers(0, 256, size=(700, 6, 5, 3), dtype=np.uint8)
+    arr[:300] = data[:300]
+    arr[450:461] = data[450:461]  # a partly written shard; rows 300-449 and 461+ were never written
+    reader = ShardReader.for_array(zarr.open_array(tmp_path / "a.zarr"))
+    assert reader is not None
+    idx = np.random.default_rng(1).integers(0, 700, 400)
+    np.testing.assert_array_equal(reader.read(idx), arr[:][idx])

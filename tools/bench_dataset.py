@@ -1,12 +1,16 @@
 """Random batch reads of 84x84 frames: the store's layout and reader against baselines, in one run.
 
-    .venv/bin/python tools/bench_dataset.py [--frames 16384] [--batch 256] [--repeats 15]
+    .venv/bin/python tools/bench_dataset.py [--frames 16384] [--batch 256] [--repeats 15] [--source render]
 
+Frames: by default a few Lift episodes (random actions) rendered at 84x84 through robot_pref.envs and
+repeated to --frames, because compression and decode speed depend on real image statistics
+(neighbouring frames are alike); ``--source synthetic`` uses smooth noise images instead (no MuJoCo).
 Rows (all from the same frames, all in the OS page cache — a cold disk is slower for everyone):
   in-RAM numpy          frames[idx] on an array in memory: the ceiling
   zarr chunks of 64     a plain zarr array chunked 64 frames per file, read with zarr (oindex)
-  zarr shards, zarr     the store's layout (256-frame shards of 1-frame chunks) read with zarr itself
-  store get()           TrajectoryDataset.get: the same files through ShardReader (direct preads)
+  zarr on the store's shards  the store's layout (256-frame shards, 8-frame lz4hc chunks) read with zarr
+  1-frame zstd shards   the first layout (256-frame shards of 1-frame zstd chunks), ShardReader
+  store get()           TrajectoryDataset.get: the store's files through ShardReader (direct preads)
   BatchSampler          ds.batches(...) with 2 reader threads prefetching, learner doing nothing
 then a learner step of --learner-ms fed by get() in line vs by the prefetching BatchSampler, and a
 sequential row: whole episodes in order (as iter_episodes reads them) from the store vs 64-frame chunks.
@@ -26,8 +30,26 @@ import zarr
 from tqdm import tqdm
 
 from robot_pref.data import Episode, TrajectoryDataset
+from robot_pref.data.shards import ShardReader
 
 SIZE = 84
+
+
+def rendered_frames(episodes: int, T: int) -> list[np.ndarray]:
+    """Lift episodes under random actions, rendered at SIZE through the envs room's renderer."""
+    from robot_pref.envs import make_env
+
+    rng = np.random.default_rng(0)
+    out = []
+    with make_env("lift", seed=0) as env:
+        for e in tqdm(range(episodes), desc="render source frames", unit="episode"):
+            env.reset(seed=e)
+            frames = []
+            for _ in range(T):
+                frames.append(env.render("agentview", SIZE, SIZE))
+                env.step(rng.uniform(-1, 1, env.action_dim))
+            out.append(np.stack(frames))
+    return out
 
 
 def synthetic_frames(rng: np.random.Generator, T: int) -> np.ndarray:
@@ -63,6 +85,8 @@ def main() -> None:
     ap.add_argument("--learner-ms", type=float, default=20.0,
                     help="a simulated learner step (sleeps, releasing the GIL like a GPU step)")
     ap.add_argument("--dir", default=None, help="where to write the stores (default: a temp dir, removed)")
+    ap.add_argument("--source", choices=("render", "synthetic"), default="render")
+    ap.add_argument("--source-episodes", type=int, default=3, help="rendered episodes, repeated to --frames")
     args = ap.parse_args()
 
     root = Path(args.dir or tempfile.mkdtemp(prefix="bench_dataset_"))
@@ -72,16 +96,22 @@ def main() -> None:
     try:
         ds = TrajectoryDataset.create(root / "store.zarr", obs_dim=19, action_dim=7, state_dim=32, fps=20,
                                       overwrite=True)
-        chunked = zarr.create_array(root / "chunk64.zarr", shape=(n_eps * args.episode, SIZE, SIZE, 3),
-                                    chunks=(64, SIZE, SIZE, 3), dtype="uint8", overwrite=True)
-        ram = np.empty(chunked.shape, np.uint8)
+        shape = (n_eps * args.episode, SIZE, SIZE, 3)
+        chunked = zarr.create_array(root / "chunk64.zarr", shape=shape, chunks=(64, SIZE, SIZE, 3), dtype="uint8",
+                                    overwrite=True)
+        first = zarr.create_array(root / "first.zarr", shape=shape, chunks=(1, SIZE, SIZE, 3),
+                                  shards=(256, SIZE, SIZE, 3), dtype="uint8", overwrite=True)
+        source = rendered_frames(args.source_episodes, args.episode) if args.source == "render" else None
+        ram = np.empty(shape, np.uint8)
         for e in tqdm(range(n_eps), desc="write", unit="episode"):
             T = args.episode
-            frames = synthetic_frames(rng, T)
+            frames = source[e % len(source)] if source else synthetic_frames(rng, T)
             ram[e * T:(e + 1) * T] = frames
             ds.append_episode(Episode(obs=rng.normal(size=(T, 19)), action=rng.normal(size=(T, 7)),
                                       state=rng.normal(size=(T, 32)), frames={key.split("/")[1]: frames}))
         chunked[:] = ram
+        first[:] = ram
+        first_reader = ShardReader.for_array(zarr.open_array(root / "first.zarr"))
         ds = TrajectoryDataset.open(root / "store.zarr")
         n = ds.n_frames
         sharded = ds.root[key]
@@ -99,7 +129,8 @@ def main() -> None:
         rows = [
             ("in-RAM numpy", timed(lambda: ram[batch()], args.repeats)),
             ("zarr chunks of 64 (zarr)", timed(lambda: zarr_read(chunked), max(3, args.repeats // 3))),
-            ("zarr shards of 256x1 (zarr)", timed(lambda: zarr_read(sharded), max(3, args.repeats // 3))),
+            ("zarr on the store's shards", timed(lambda: zarr_read(sharded), max(3, args.repeats // 3))),
+            ("1-frame zstd shards (reader)", timed(lambda: first_reader.read(batch()), args.repeats)),
             ("store get() (ShardReader)", timed(lambda: ds.get(key, batch()), args.repeats)),
             ("BatchSampler, 2 threads", timed(lambda: next(sampler), args.repeats)),
         ]
@@ -109,13 +140,16 @@ def main() -> None:
         b = next(sampler)
         assert np.array_equal(ds.get(key, batches[0]), ram[batches[0]]) and np.array_equal(b[key], ram[b["index"]])
         ep_store = timed(lambda: [ds.get(key, ds.episode_slice(e)) for e in range(min(n_eps, 20))], 3)
+        ep_first = timed(lambda: [first_reader.read(np.arange(e * args.episode, (e + 1) * args.episode))
+                                  for e in range(min(n_eps, 20))], 3)
         ep_chunk = timed(lambda: [chunked[e * args.episode:(e + 1) * args.episode] for e in range(min(n_eps, 20))], 3)
         ref = dict(rows)["zarr chunks of 64 (zarr)"]
-        same_files = dict(rows)["zarr shards of 256x1 (zarr)"]
+        same_files = dict(rows)["zarr on the store's shards"]
         disk = {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
-                for p in (root / "store.zarr" / "frames", root / "chunk64.zarr")}
+                for p in (root / "store.zarr" / "frames", root / "chunk64.zarr", root / "first.zarr")}
         print(f"\n{n} frames {SIZE}x{SIZE}, random batches of {args.batch} (median of {args.repeats}); "
-              f"frames on disk: store {disk['frames']:.0f} MiB, chunk64 {disk['chunk64.zarr']:.0f} MiB, "
+              f"{args.source} frames on disk: store {disk['frames']:.0f} MiB, 1-frame zstd shards "
+              f"{disk['first.zarr']:.0f} MiB, chunk64 {disk['chunk64.zarr']:.0f} MiB, "
               f"raw {ram.nbytes / 2**20:.0f} MiB")
         print(f"{'reader':<30}{'ms/batch':>10}{'frames/s':>12}{'vs chunks64':>13}{'vs zarr on shards':>19}")
         for name, sec in rows:
@@ -126,6 +160,7 @@ def main() -> None:
         print(f"\n{'sequential (whole episodes)':<30}{'':>10}{'frames/s':>12}{'vs chunks64':>13}")
         k = min(n_eps, 20) * args.episode
         print(f"{'store (ShardReader)':<30}{'':>10}{k / ep_store:>12.0f}{ep_chunk / ep_store:>12.1f}x")
+        print(f"{'1-frame zstd shards (reader)':<30}{'':>10}{k / ep_first:>12.0f}{ep_chunk / ep_first:>12.1f}x")
         print(f"{'zarr chunks of 64 (zarr)':<30}{'':>10}{k / ep_chunk:>12.0f}{1.0:>12.1f}x")
     finally:
         if args.dir is None:
