@@ -133,29 +133,61 @@ def stack_plan(o0: Obs) -> list[Waypoint]:
 
 
 def door_plan(o0: Obs) -> list[Waypoint]:
-    """Grasp the handle bar from above, push it down to turn the latch, then pull the door open along
-    its arc (the hand moves tangent to the circle around the hinge)."""
-    # The hinge is not observed; recover it from the door's pose: in the door body's frame (robosuite's
-    # door_lock.xml) the handle site sits at (-0.05, -0.10) and the hinge at (0.255, 0), both at rest.
-    v = (o0["handle_pos"] - o0["door_pos"])[:2]
+    """Point the hand at the door, grasp the handle bar from the front (fingers closing vertically),
+    turn it down with the hand following the bar to free the latch, then pull the door open along its
+    arc around the hinge."""
+    # Door geometry is not observed; recover it from the door's pose. In the door body's frame
+    # (robosuite's door_lock.xml, door at rest) the handle site is at (-0.05, -0.10, -0.025), the
+    # handle turns about the latch axis through (-0.175, ., -0.025) along the frame's y, and the hinge
+    # is at (0.255, 0); the frame's -y axis points out of the panel towards the robot.
+    door = o0["door_pos"]
+    v = (o0["handle_pos"] - door)[:2]
     yaw = np.arctan2(v[1], v[0]) - np.arctan2(-0.10, -0.05)
-    hinge = o0["door_pos"][:2] + 0.255 * np.array([np.cos(yaw), np.sin(yaw)])
+    rot = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+    hinge = np.append(door[:2] + rot @ [0.255, 0.0], door[2])
+    pivot = np.append(door[:2] + rot @ [-0.175, -0.10], door[2] - 0.025)  # on the latch axis, at the bar
+    out = np.append(rot @ [0.0, -1.0], 0.0)  # the door's outward normal
+    # turn about z until the fingers' axis (hand y, world y at the start) lies along the normal, then
+    # pitch the hand from pointing down to pointing into the door: the fingers then close vertically
+    along = np.arctan2(out[1], out[0]) % np.pi - np.pi / 2
+    pitch = np.cross([0.0, 0.0, -1.0], -out)
+    grasp = Rotation.from_rotvec(np.pi / 2 * pitch) * Rotation.from_euler("z", along) * hand(o0)
+    bar0 = o0["handle_pos"] - pivot
+
+    def frame(o: Obs) -> tuple[Rotation, np.ndarray, np.ndarray]:
+        """The door's swing, the bar (pivot -> handle) and the normal as they are now."""
+        swing = Rotation.from_euler("z", o["hinge_qpos"][0])
+        normal = swing.apply(out)
+        return swing, o["handle_pos"] - (hinge + swing.apply(pivot - hinge)), normal
+
+    def follow(o: Obs) -> Rotation:  # the grasp orientation, turned with the bar and the door
+        swing, bar, normal = frame(o)
+        rest = swing.apply(bar0)
+        turn = np.arctan2(normal @ np.cross(rest, bar), rest @ bar)
+        return Rotation.from_rotvec(turn * normal) * swing * grasp
+
+    def turn_down(o: Obs) -> np.ndarray:
+        _, bar, normal = frame(o)
+        tangent = np.cross(normal, bar)
+        tangent *= -np.sign(tangent[2]) / np.linalg.norm(tangent)  # the way that lowers the bar's end
+        return o["handle_pos"] + 0.05 * tangent
 
     def pull(o: Obs) -> np.ndarray:
-        r = o["handle_pos"][:2] - hinge
+        r = o["robot0_eef_pos"][:2] - hinge[:2]
         tangent = np.array([-r[1], r[0]]) / np.linalg.norm(r)  # direction of increasing hinge angle
-        return o["robot0_eef_pos"] + 0.05 * np.append(tangent, 0.0)
+        return o["robot0_eef_pos"] + 0.1 * np.append(tangent, 0.0)
 
     return [
-        Waypoint(lambda o: o["handle_pos"] + up(0.06), OPEN),
-        Waypoint(lambda o: o["handle_pos"], OPEN, tol=0.006),
-        Waypoint(lambda o: o["handle_pos"], CLOSED, steps=8),
-        Waypoint(lambda o: o["robot0_eef_pos"] + up(-0.04), CLOSED, until=lambda o: abs(o["handle_qpos"][0]) > TURN),
-        Waypoint(pull, CLOSED),
+        Waypoint(lambda o: o["handle_pos"] + 0.10 * out, OPEN, orient=follow,
+                 until=lambda o: aligned(o, o["handle_pos"] + 0.10 * out, grasp)),
+        Waypoint(lambda o: o["handle_pos"], OPEN, tol=0.008, orient=follow),
+        Waypoint(lambda o: o["handle_pos"], CLOSED, steps=10, orient=follow),
+        Waypoint(turn_down, CLOSED, orient=follow, until=lambda o: abs(o["handle_qpos"][0]) > TURN),
+        Waypoint(pull, CLOSED, orient=follow),
     ]
 
 
-TURN = 0.8  # handle angle (rad) that frees the latch
+TURN = 1.3  # handle angle (rad) past which the latch tip clears the frame post
 
 
 PLANS: dict[str, Callable[[Obs], list[Waypoint]]] = {"lift": lift_plan, "stack": stack_plan, "door": door_plan}
