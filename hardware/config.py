@@ -34,7 +34,7 @@ class RolloutConfig:
     realtime: bool | None = field(default=None, metadata={"help": "pace at control_freq (default: unless sim)"})
     token: str | None = field(default=None, metadata={"help": "server token (or ROBOT_PREF_TOKEN)"})
     out: str = field(default="", metadata={"help": "write the summary JSON here"})
-    device: str | None = field(default=None, metadata={"help": "torch device for the policy (default: cuda if present)"})
+    device: str | None = field(default=None, metadata={"help": "torch device for the policy (default: cuda if any)"})
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
@@ -48,7 +48,7 @@ class TeleopConfig:
     script: str = field(default=DEMO_SCRIPT, metadata={"help": "scripted device: 'start; move a1..a7 xN; save; quit'"})
     out: str = field(default="", metadata={"help": "zarr dataset to append episodes to (created if missing)"})
     overwrite: bool = field(default=False, metadata={"help": "replace --out instead of appending"})
-    cameras: tuple[str, ...] = field(default=(), metadata={"help": "record these cameras' frames (sim), e.g. agentview"})
+    cameras: tuple[str, ...] = field(default=(), metadata={"help": "record these cameras (sim), e.g. agentview"})
     size: int = field(default=84, metadata={"help": "frame size in pixels"})
     rate_hz: float = field(default=0.0, metadata={"help": "control rate (0 = the robot's control_freq)"})
     max_steps: int = field(default=0, metadata={"help": "auto-save an episode at this length (0 = task horizon)"})

@@ -46,7 +46,8 @@ def teleop(cfg: TeleopConfig, device=None, status=sys.stderr) -> dict:
             robot.stop()
             recording = False
             if keep and len(rec):
-                ds.append_episode(rec.episode(seed=cfg.seed + started - 1, tier="teleop", source=f"teleop:{cfg.device}"))
+                ds.append_episode(rec.episode(seed=cfg.seed + started - 1, tier="teleop",
+                                              source=f"teleop:{cfg.device}"))
                 counts["saved"] += 1
             else:
                 counts["discarded"] += 1

@@ -51,10 +51,10 @@ def _decode(code: int, data: bytes) -> np.ndarray:
     if dtype not in DTYPES or not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
         raise WireError(f"bad ndarray header dtype={dtype!r} shape={shape!r}")
     body = data[unpacker.tell():]
-    dt = np.dtype(dtype)
-    if len(body) != dt.itemsize * int(np.prod(shape, dtype=np.int64)):
-        raise WireError(f"ndarray {dtype}{tuple(shape)} needs {dt.itemsize * int(np.prod(shape))} bytes, got {len(body)}")
-    return np.frombuffer(body, dtype=dt).reshape(shape).copy()
+    need = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
+    if len(body) != need:
+        raise WireError(f"ndarray {dtype}{tuple(shape)} needs {need} bytes, got {len(body)}")
+    return np.frombuffer(body, dtype=dtype).reshape(shape).copy()
 
 
 def pack(obj: Any) -> bytes:

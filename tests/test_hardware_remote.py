@@ -9,6 +9,8 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from robot_pref.hardware.config import SafetyConfig
 from robot_pref.hardware.fake import FakeArm
@@ -164,12 +166,15 @@ def test_client_killed_mid_episode_leaves_a_stopped_arm(served):
         proc.wait(timeout=10)
 
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-leaves = st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats() | st.text(max_size=8) | st.binary(max_size=8)
-messages = st.recursive(leaves, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4),
-                        max_leaves=12)
+leaves = (st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats() | st.text(max_size=8)
+          | st.binary(max_size=8))
+messages = st.recursive(
+    leaves, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4),
+    max_leaves=12)
+requests = st.fixed_dictionaries({
+    "v": st.just(1), "id": st.integers(0, 9), "op": st.sampled_from(["send", "reset", "observe"]),
+    "args": st.dictionaries(st.sampled_from(["command", "mode", "seed", "frames"]),
+                            leaves | st.lists(leaves, max_size=8), max_size=3)})
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +187,7 @@ def idle_server():
 
 
 @settings(max_examples=300, deadline=None)
-@given(payload=st.binary(max_size=64) | messages.map(pack)
-       | st.fixed_dictionaries({"v": st.just(1), "id": st.integers(0, 9), "op": st.sampled_from(["send", "reset", "observe"]),
-                                "args": st.dictionaries(st.sampled_from(["command", "mode", "seed", "frames"]), leaves | st.lists(leaves, max_size=8), max_size=3)}).map(pack))
+@given(payload=st.binary(max_size=64) | messages.map(pack) | requests.map(pack))
 def test_fuzzed_requests_never_crash_the_server_or_move_the_arm_unsafely(idle_server, payload):
     arm, server = idle_server
     reply = server.handle(payload)
