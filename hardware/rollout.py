@@ -7,16 +7,13 @@ be labeled and trained on again.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 
-from robot_pref.hardware.interface import Robot
 from robot_pref.hardware.config import RolloutConfig
+from robot_pref.hardware.interface import Robot
 from robot_pref.hardware.record import EpisodeRecorder, Rate, open_dataset, open_robot
-
-log = logging.getLogger(__name__)
 
 
 def run_episode(robot: Robot, policy, seed: int | None, max_steps: int, stop_at_success: bool = True,
@@ -24,9 +21,9 @@ def run_episode(robot: Robot, policy, seed: int | None, max_steps: int, stop_at_
     """One episode: observe, act (normalised), send (SI), record what was applied; stop at rest."""
     rec = EpisodeRecorder(robot.info, frame_keys)
     keys = tuple(getattr(policy, "observation_keys", ("obs",)))
-    rate = Rate(rate_hz) if rate_hz else None
     obs = robot.reset(seed)
     rec.clear()
+    rate = Rate(rate_hz) if rate_hz else None
     try:
         for _ in range(max_steps):
             action = np.asarray(policy.act(obs.policy_input(keys)), np.float64).reshape(-1)

@@ -96,6 +96,20 @@ def test_rate_limit_bounds_speed_when_commands_flood():
     assert flt(cmd, "ee_delta", obs, now=0.0)[0] == pytest.approx(CFG.max_ee_step)
 
 
+@settings(max_examples=200, deadline=None)
+@given(gaps=st.lists(st.floats(0.0, 0.2), min_size=1, max_size=40))
+def test_rate_limit_bounds_motion_for_any_command_timing(gaps):
+    """Whatever the timing, motion over a span of t seconds is at most cap * (t / period + 1)."""
+    flt = SafetyFilter(CFG, INFO)
+    obs = obs_at((0.5, 0.0, 0.3))
+    period = 1 / INFO.control_freq
+    times = np.cumsum([0.0] + gaps)
+    steps = np.array([flt(np.r_[1.0, 0, 0, 0, 0, 0, 0], "ee_delta", obs, now=t)[0] for t in times])
+    for i in range(len(times)):
+        for j in range(i, len(times)):
+            assert steps[i:j + 1].sum() <= CFG.max_ee_step * ((times[j] - times[i]) / period + 1) + 1e-6
+
+
 def test_faults_latch_until_recover_and_stop_the_arm():
     arm = FakeArm()
     with SafeRobot(arm, CFG, watchdog=False) as robot:
