@@ -53,7 +53,8 @@ def oracle_pairs(ds, n, seed=0, flip=False):
     return a, b, label
 
 
-FAST = dict(camera=KEY, lr=1e-3, batch_size=32, epochs=40, patience=10, eval_frames=10_000)
+# exact-equality tests run on CPU (fp32); the CLI test below uses the default device (GPU + bf16 if present)
+FAST = dict(camera=KEY, lr=1e-3, batch_size=32, epochs=40, patience=10, eval_frames=10_000, device="cpu")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -273,7 +274,8 @@ def test_relabel_writes_one_value_per_frame_and_resumes(trained, dataset, monkey
 
     model, _, run = trained
     ds = TrajectoryDataset.open(dataset.path, "a")
-    cfg = RelabelConfig(dataset=str(dataset.path), reward_model=str(run), key="learned", chunk_size=100, workers=0)
+    cfg = RelabelConfig(dataset=str(dataset.path), reward_model=str(run), key="learned", chunk_size=100, workers=0,
+                        device="cpu")
     scored, real = [], ChunkScorer.score
 
     def crash_after_two(self, start, stop):
@@ -312,8 +314,9 @@ def test_relabel_refuses_another_models_array(trained, dataset, tmp_path):
     ds.write_reward("other", np.zeros(ds.n_frames), 0)
     other = save_reward_model(RewardModel(ModelSpec(height=SIZE, width=SIZE, extra={"camera": KEY})), tmp_path / "m")
     with pytest.raises(DatasetError, match="--overwrite"):
-        relabel(RelabelConfig(dataset=str(dataset.path), reward_model=str(other), key="other", workers=0))
-    relabel(RelabelConfig(dataset=str(dataset.path), reward_model=str(other), key="other", workers=0, overwrite=True))
+        relabel(RelabelConfig(dataset=str(dataset.path), reward_model=str(other), key="other", workers=0, device="cpu"))
+    relabel(RelabelConfig(dataset=str(dataset.path), reward_model=str(other), key="other", workers=0, device="cpu",
+                          overwrite=True))
     assert np.isfinite(TrajectoryDataset.open(dataset.path).get("rewards/other")).all()
 
 

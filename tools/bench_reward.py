@@ -132,7 +132,8 @@ def bench_curve(args, work: Path) -> tuple[str, dict]:
         return np.where(skip, -1, label)
 
     cfg = FitRewardConfig(dataset=args.dataset, camera=args.camera, ensemble=args.ensemble, epochs=args.epochs,
-                          patience=args.patience, lr=args.lr, label_noise=args.label_noise, eval_frames=args.eval_frames)
+                          patience=args.patience, lr=args.lr, label_noise=args.label_noise,
+                          eval_frames=args.eval_frames)
     rows, curves = [], {}
     for sampler in args.samplers:
         curves[sampler] = active_learning_curve(
@@ -221,7 +222,7 @@ def main() -> None:
         text, results["label_efficiency"] = bench_curve(args, work)
         print(text, flush=True)
     (work / "bench_reward.json").write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {work / 'bench_reward.json'}" + (f" and {work / 'label_efficiency.png'}" if "curve" in parts else ""))
+    print(f"\nwrote {work / 'bench_reward.json'}" + (f", {work / 'label_efficiency.png'}" if "curve" in parts else ""))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ class RelabelConfig:
     camera: str = field(default="", metadata={"help": "frame key; empty = the one the model was trained on"})
     batch_size: int = field(default=256, metadata={"help": "frames per forward pass"})
     chunk_size: int = field(default=4096, metadata={"help": "frames per write: the unit of progress and resume"})
-    workers: int = field(default=-1, metadata={"help": "Ray actors; -1 = one per GPU (in-process on CPU), 0 = in-process"})
+    workers: int = field(default=-1, metadata={
+        "help": "Ray actors; -1 = one per GPU (in-process on CPU), 0 = in-process"})
     address: str = field(default="", metadata={"help": "Ray cluster address; empty = local"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if present), cuda or cpu"})
     overwrite: bool = field(default=False, metadata={"help": "recompute rewards/<key> written by another model"})

@@ -64,8 +64,12 @@ def evaluate(model: RewardModel, ds: TrajectoryDataset, frame_key: str, val_pair
     strict = true[val.a] != true[val.b]
     true_b_better = true[val.b] > true[val.a]
     report["val_true_order_pairs"] = int(strict.sum())
-    report["val_true_order_accuracy"] = float(np.mean((rb > ra)[strict] == true_b_better[strict])) if strict.any() else None
-    report["label_agreement_with_truth"] = float(np.mean((val.y > 0.5)[strict] == true_b_better[strict])) if strict.any() else None
+
+    def agreement(b_better: np.ndarray) -> float | None:
+        return float(np.mean(b_better[strict] == true_b_better[strict])) if strict.any() else None
+
+    report["val_true_order_accuracy"] = agreement(rb > ra)
+    report["label_agreement_with_truth"] = agreement(val.y > 0.5)
     eps = eval_episodes(ds, frame_key, eval_frames)
     slices = [ds.episode_slice(int(e)) for e in eps]
     idx = np.concatenate([np.arange(s.start, s.stop) for s in slices]) if slices else np.zeros(0, np.int64)
@@ -86,7 +90,7 @@ def evaluate(model: RewardModel, ds: TrajectoryDataset, frame_key: str, val_pair
 
 def plot_episodes(model: RewardModel, ds: TrajectoryDataset, frame_key: str, path: str | Path,
                   per_tier: int = 2) -> str:
-    """r̂ (left axis) and the true reward (right axis, if known) along ``per_tier`` episodes of each tier."""
+    """Learned reward (left axis) and true reward (right axis, if known) along a few episodes per tier."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,8 +105,8 @@ def plot_episodes(model: RewardModel, ds: TrajectoryDataset, frame_key: str, pat
         eps = np.flatnonzero(rendered & (table["tier"] == tier))[:per_tier]
         for ax, e in zip(row, eps):
             s = ds.episode_slice(int(e))
-            ax.plot(frame_rewards(model, ds, frame_key, np.arange(s.start, s.stop)), color="C0", label="learned r̂")
-            ax.set_ylabel("r̂", color="C0")
+            ax.plot(frame_rewards(model, ds, frame_key, np.arange(s.start, s.stop)), color="C0", label="learned")
+            ax.set_ylabel("learned r", color="C0")
             ax.set_title(f"{tier or '-'} · episode {e}", fontsize=9)
             ax.set_xlabel("step")
             if true is not None:
@@ -129,7 +133,8 @@ def format_report(report: dict) -> str:
     if "spearman" in report:
         lines += [f"held-out accuracy vs true-reward order:   {f(report['val_true_order_accuracy'])} "
                   f"(labels themselves agree {f(report['label_agreement_with_truth'])})",
-                  f"r̂ vs true reward, all frames:    spearman {f(report['spearman'])}  pearson {f(report['pearson'])}",
+                  f"r̂ vs true reward, all frames:    spearman {f(report['spearman'])}  "
+                  f"pearson {f(report['pearson'])}",
                   f"r̂ vs true reward, within episode: spearman {f(report['spearman_within_episode'])}  "
                   f"pearson {f(report['pearson_within_episode'])}  ({report['eval_episodes']} episodes, "
                   f"{report['eval_frames']} frames)"]

@@ -127,7 +127,7 @@ def clip_encoder(spec: ModelSpec) -> nn.Module:
             open_clip.add_model_config(path)
     try:
         model = open_clip.create_model(name, pretrained=spec.clip_pretrained or None)
-    except RuntimeError as err:
+    except (RuntimeError, OSError) as err:  # unknown tag, missing file, no network for a hub download
         raise ValueError(f"could not build open_clip model {name!r} with weights {spec.clip_pretrained!r}: {err}. "
                          "Use a name from open_clip.list_models() with a cached tag, 'local-dir:/path' "
                          "holding open_clip_config.json + weights, or --clip-config FILE.json") from err

@@ -62,7 +62,7 @@ def reward_stats(ds: TrajectoryDataset, values: np.ndarray) -> dict:
     return {
         "mean": float(values.mean()), "std": float(values.std()),
         "min": float(values.min()), "max": float(values.max()),
-        "percentiles": {str(q): float(v) for q, v in zip((5, 25, 50, 75, 95), np.percentile(values, (5, 25, 50, 75, 95)))},
+        "percentiles": {str(q): float(np.percentile(values, q)) for q in (5, 25, 50, 75, 95)},
         "tier_mean": {str(t or "-"): float(values[tiers == t].mean()) for t in np.unique(tiers)},
     }
 
@@ -112,8 +112,8 @@ def relabel(cfg: RelabelConfig) -> dict:
         raise DatasetError(f"{ds.path} has no frames {frame_key!r} (has {ds.frame_keys}); render them or pass --camera")
     unrendered = np.flatnonzero(~ds.rendered_episodes(frame_key))
     if len(unrendered):
-        raise DatasetError(f"{len(unrendered)} episodes (first: {unrendered[:5].tolist()}) have no {frame_key!r} frames "
-                           f"yet; run `robot-pref render --dataset {ds.path}` first")
+        raise DatasetError(f"{len(unrendered)} episodes (first: {unrendered[:5].tolist()}) have no {frame_key!r} "
+                           f"frames yet; run `robot-pref render --dataset {ds.path}` first")
 
     fingerprint = model_fingerprint(model_dir)
     attrs = reward_attrs(ds, cfg.key)

@@ -117,7 +117,8 @@ def preference_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, label
 
 
 @torch.no_grad()
-def pair_rewards(model: RewardModel, inputs: InputCache, pairs: Pairs, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_rewards(model: RewardModel, inputs: InputCache, pairs: Pairs,
+                 batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-member rewards (K, N) of both sides of ``pairs`` (eval mode, no augmentation)."""
     model.eval()
     ra, rb = [], []
@@ -174,8 +175,8 @@ def train(model: RewardModel, inputs: InputCache, train_pairs: Pairs, val_pairs:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(loss.item() / k)
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+            losses.append(loss.detach())  # no per-step .item(): it would sync the GPU every step
+        row = {"epoch": epoch, "train_loss": torch.stack(losses).mean().item() / k,
                "pairs_per_s": steps * batch / (time.perf_counter() - t0)}  # each member trains on as many
         if len(val_pairs):
             val = validate(model, inputs, val_pairs, cfg.label_noise)
