@@ -25,6 +25,7 @@ robosuite's camera observations, which follow the OpenGL convention and come out
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -99,8 +100,10 @@ def controller_config() -> dict:
 
     Only the arm's part is kept: the Panda has no torso/head/base/legs, and robosuite warns about each.
     """
+    import robosuite  # noqa: F401  (sets up robosuite's logger)
     from robosuite.controllers import load_composite_controller_config
 
+    logging.getLogger("robosuite_logs").setLevel(logging.WARNING)  # not one INFO line per env built
     cfg = load_composite_controller_config(controller="BASIC", robot="Panda")
     cfg["body_parts"] = {"right": cfg["body_parts"]["right"]}
     return cfg
