@@ -107,8 +107,10 @@ def open_dataset(path: str | Path, info: RobotInfo, overwrite: bool = False) -> 
             raise DatasetError(f"{path} holds task/obs/action/state {have}, {info.name} produces {want}; "
                                "record into another --out/--record path")
         return ds
-    return TrajectoryDataset.create(path, obs_dim=info.obs_dim, action_dim=7, state_dim=info.state_dim,
-                                    fps=info.control_freq, env=env, overwrite=overwrite)
+    ds = TrajectoryDataset.create(path, obs_dim=info.obs_dim, action_dim=7, state_dim=info.state_dim,
+                                  fps=info.control_freq, env=env, obs_keys=env.get("obs_keys", ()), overwrite=overwrite)
+    ds.update_attrs(cameras=list(env.get("cameras", ())))  # as `robot-pref collect` writes it
+    return ds
 
 
 class Rate:
