@@ -199,3 +199,10 @@ def test_fuzzed_requests_never_crash_the_server_or_move_the_arm_unsafely(idle_se
         if mode == "ee_delta":
             assert np.linalg.norm(cmd[:3]) <= 0.05 + 1e-9
     server.robot.recover()
+
+
+def test_serve_command_refuses_an_open_bind_without_token(capsys):
+    from robot_pref.cli import main
+
+    assert main(["serve", "--robot", "fake", "--host", "0.0.0.0", "--port", "0"]) == 1
+    assert "--token" in capsys.readouterr().err
