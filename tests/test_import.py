@@ -83,7 +83,8 @@ def test_import_round_trip(hdf5, tmp_path):
     assert set(table["task"].tolist()) == {"lift"} and set(table["source"].tolist()) == {"robomimic"}
     for e, name in enumerate(names):
         d, sl = demos[name], ds.episode_slice(e)
-        np.testing.assert_array_equal(ds.get("obs", sl), np.concatenate([d["obs"][k] for k in order], 1).astype(np.float32))
+        obs = np.concatenate([d["obs"][k] for k in order], 1).astype(np.float32)
+        np.testing.assert_array_equal(ds.get("obs", sl), obs)
         np.testing.assert_array_equal(ds.get("action", sl), d["actions"].astype(np.float32))
         np.testing.assert_array_equal(ds.get("state", sl), d["states"])
         np.testing.assert_array_equal(ds.get("frames/agentview_12x16", sl), d["obs"]["agentview_image"][:, ::-1])
@@ -104,8 +105,8 @@ def test_import_options(hdf5, tmp_path):
     ds = TrajectoryDataset.open(tmp_path / "a.zarr")
     assert ds.frame_keys == [] and ds.attrs["obs_keys"] == ["object", "robot0_joint_pos"]
     d = demos["demo_10"]
-    np.testing.assert_array_equal(ds.get("obs", ds.episode_slice(1)),
-                                  np.concatenate([d["obs"]["object"], d["obs"]["robot0_joint_pos"]], 1).astype(np.float32))
+    obs = np.concatenate([d["obs"]["object"], d["obs"]["robot0_joint_pos"]], 1).astype(np.float32)
+    np.testing.assert_array_equal(ds.get("obs", ds.episode_slice(1)), obs)
     assert ds.episode_table()["task"].tolist() == ["lift-mh"] * 2
     assert ds.episode_table()["goal"].tolist() == ["to lift the red cube"] * 2
 
@@ -116,7 +117,8 @@ def test_dense_rewards_leave_success_unknown(tmp_path):
     import_robomimic(ImportRobomimicConfig(file=str(path), out=str(tmp_path / "d.zarr")))
     ds = TrajectoryDataset.open(tmp_path / "d.zarr")
     assert ds.episode_table()["success"].tolist() == [-1, -1, -1] and not ds.has_ground_truth("success")
-    np.testing.assert_array_equal(ds.ground_truth("reward")[ds.episode_slice(2)], shift_rewards(demos["demo_10"]["rewards"]))
+    reward = ds.ground_truth("reward")[ds.episode_slice(2)]
+    np.testing.assert_array_equal(reward, shift_rewards(demos["demo_10"]["rewards"]))
 
 
 def test_import_bad_input(hdf5, tmp_path, capsys):

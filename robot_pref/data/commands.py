@@ -79,5 +79,6 @@ def register(sub) -> None:
 
     add_command(sub, "info", InfoConfig, info, help="Summarise a dataset: episodes, arrays, cameras, tiers, success")
     parser = add_command(sub, "import-robomimic", ImportRobomimicConfig, import_robomimic,
-                         help="Convert a robomimic hdf5 dataset (low-dim obs, images, states, rewards) into a zarr dataset")
+                         help="Convert a robomimic hdf5 dataset (low-dim obs, images, states, rewards) to a "
+                         "zarr dataset")
     parser.add_argument("file", nargs="?", default=argparse.SUPPRESS, help="the robomimic .hdf5 file")

@@ -107,7 +107,8 @@ def import_robomimic(cfg: ImportRobomimicConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     if not cfg.file or not cfg.out:
-        raise ValueError("give the robomimic file and --out, e.g. `robot-pref import-robomimic low_dim.hdf5 --out lift.zarr`")
+        raise ValueError("give the robomimic file and --out, e.g. "
+                         "`robot-pref import-robomimic low_dim.hdf5 --out lift.zarr`")
     if not Path(cfg.file).is_file():
         raise FileNotFoundError(f"{cfg.file} does not exist")
     if not h5py.is_hdf5(cfg.file):
