@@ -480,3 +480,17 @@ def test_shard_reader_matches_zarr(tmp_path, chunk_rows, compressors):
     assert reader is not None
     idx = np.random.default_rng(1).integers(0, 700, 400)
     np.testing.assert_array_equal(reader.read(idx), arr[:][idx])
+
+
+def test_leftover_temp_files_of_a_killed_writer_are_removed(five):
+    """A writer killed inside a file write leaves zarr's `*.partial` temp file; opening to append removes it."""
+    old, fresh = five / "data/obs/c/0/0.1f2e.partial", five / "zarr.9a8b.partial"
+    for leftover in (old, fresh):
+        leftover.write_bytes(b'{"zarr_fo')
+    os.utime(old, (0, 0))  # long ago
+    TrajectoryDataset.open(five)
+    assert old.exists()  # readers never delete
+    ds = TrajectoryDataset.open(five, "a")
+    assert not old.exists() and fresh.exists()  # a fresh one may belong to a live writer
+    ds.append_episode(make_episode(5))
+    assert_episode(TrajectoryDataset.open(five), 5, make_episode(5))

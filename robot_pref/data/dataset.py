@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -222,7 +224,23 @@ class TrajectoryDataset:
             )
         ds = cls(root, path, writable=mode == "a")
         ds._validate()
+        if ds.writable:
+            ds._remove_leftovers()
         return ds
+
+    def _remove_leftovers(self, min_age_s: float = 60.0) -> None:
+        """Delete the temporary files of writes that a killed writer never renamed into place.
+
+        zarr's LocalStore writes ``<name>.<uuid>.partial`` then renames it; only a file older than
+        ``min_age_s`` is removed, never one a live writer is still filling.
+        """
+        now = time.time()
+        for folder, _, files in os.walk(self.path):
+            for name in files:
+                leftover = Path(folder) / name
+                with contextlib.suppress(FileNotFoundError):
+                    if name.endswith(".partial") and now - leftover.stat().st_mtime > min_age_s:
+                        leftover.unlink()
 
     def _validate(self) -> None:
         try:
