@@ -1,0 +1,70 @@
+"""Speed of the simulated tasks: reset, step and render rates, each against a baseline in the same run.
+
+    .venv/bin/python tools/bench_envs.py [--task lift] [--steps 150] [--frames 60]
+
+Rows: reset with robosuite's default hard_reset=True (baseline) vs TaskEnv's soft reset; steps/s of
+robosuite's own step vs TaskEnv.step (which adds a forward pass and recomputed observations); frames/s of TaskEnv.render at 84x84 with every quality option on (baseline) vs the fast default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+
+from robot_pref.envs import RenderOptions, make_env  # noqa: E402
+from robot_pref.envs.tasks import env_kwargs, get_task  # noqa: E402
+
+
+def rate(fn, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="lift")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--resets", type=int, default=5)
+    args = parser.parse_args()
+
+    import robosuite
+
+    hard = robosuite.make(get_task(args.task).env_name, **env_kwargs(args.task, hard_reset=True))
+    env = make_env(args.task, seed=0)
+    rows = []
+    hard_resets = rate(hard.reset, args.resets)
+    soft_resets = rate(env.reset, args.resets * 20)
+    rows.append(("reset/s", "hard_reset=True", hard_resets, "TaskEnv (soft)", soft_resets))
+    hard.close()
+
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    rate(lambda: env.step(rng.uniform(-1, 1, env.action_dim)), 20)  # warm up (robosuite jit-compiles on first use)
+    raw = rate(lambda: env.unwrapped.step(rng.uniform(-1, 1, env.action_dim)), args.steps)
+    env.reset(seed=0)
+    steps = rate(lambda: env.step(rng.uniform(-1, 1, env.action_dim)), args.steps)
+    rows.append(("steps/s", "robosuite step", raw, "TaskEnv.step", steps))
+
+    fancy = RenderOptions(shadows=True, reflections=True, multisample=True)
+    env.render("agentview", 84, 84, fancy), env.render("agentview", 84, 84)  # build both renderers
+    slow = rate(lambda: env.render("agentview", 84, 84, fancy), max(args.frames // 4, 5))
+    fast = rate(lambda: env.render("agentview", 84, 84), args.frames)
+    rows.append(("frames/s 84x84", "all options on", slow, "fast default", fast))
+    env.close()
+
+    print(f"task {args.task}")
+    print(f"{'measure':<16}{'baseline':<18}{'rate':>10}   {'ours':<16}{'rate':>10}{'ratio':>9}")
+    for name, base_name, base, ours_name, ours in rows:
+        print(f"{name:<16}{base_name:<18}{base:10.1f}   {ours_name:<16}{ours:10.1f}{ours / base:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
