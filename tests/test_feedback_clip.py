@@ -71,7 +71,7 @@ def test_placement_uses_a_gpu_share_only_when_the_cluster_has_gpus(tiny):
 
 
 def test_clip_labels_through_ray_actors(ds, tiny, tmp_path, ray_session):
-    cfg = LabelConfig(dataset=ds.path, camera="agentview_32", labeler="clip", pairs=40, workers=2, out=str(tmp_path),
+    cfg = LabelConfig(dataset=ds.path, camera="agentview_32", labeler="clip", pairs=40, workers=1, out=str(tmp_path),
                       progress=False, clip=tiny)
     summary = label(cfg)
     assert summary["counts"]["answered"] == 40

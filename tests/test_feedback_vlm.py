@@ -166,9 +166,11 @@ def test_killed_run_resumes_without_asking_twice_and_never_writes_the_key(ds, tm
             stored = 0
             while stored < 8 and time.time() < deadline and proc.poll() is None:
                 time.sleep(0.1)
-                if (out / "store.sqlite").exists():
-                    with sqlite3.connect(out / "store.sqlite", timeout=5) as conn:
+                try:
+                    with sqlite3.connect(f"file:{out / 'store.sqlite'}?mode=ro", uri=True, timeout=5) as conn:
                         stored = conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+                except sqlite3.OperationalError:  # the store is not created yet
+                    pass
             assert proc.poll() is None, logs[0].read_text()[-3000:]
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -192,8 +192,8 @@ def label(cfg: LabelConfig) -> dict:
         if todo:
             yield todo
 
-    if cls.remote:
-        actors = start_actors(cfg, cls, section, goal, kwargs)
+    actors = start_actors(cfg, cls, section, goal, kwargs) if cls.remote else []
+    if actors:
         stream = run_remote(actors, batches(), cls.in_flight(section, len(actors)))
     else:
         stream = (asyncio.run(labeler.label(batch)) for batch in batches())
@@ -206,6 +206,10 @@ def label(cfg: LabelConfig) -> dict:
             bar.set_postfix(counts, refresh=False)
     finally:
         bar.close()
+        for actor in actors:  # free their CPUs / GPU shares for the next stage now
+            import ray
+
+            ray.kill(actor)
         done = [a for a in results if a is not None and a.status in LABEL_STATUSES]
         answers_to_label_set(done).save(out)
         counts.update({"pairs": n, "labels": len(done), "not_asked": sum(a is None for a in results)})
