@@ -140,8 +140,13 @@ def test_random_frames_unsorted_duplicates_across_shards(five):
     np.testing.assert_array_equal(ds.get(f"frames/{CAM}", idx), allf[idx])
     np.testing.assert_array_equal(ds.get_batch(idx, ["obs", f"frames/{CAM}"])["obs"], ds.get("obs")[idx])
     assert ds.get(f"frames/{CAM}", np.zeros(0, np.int64)).shape == (0, H, H, 3)
-    with pytest.raises(IndexError):
-        ds.get(f"frames/{CAM}", [ds.n_frames])
+    mask = np.zeros(ds.n_frames, bool)
+    mask[[5, 300]] = True
+    np.testing.assert_array_equal(ds.get(f"frames/{CAM}", mask), allf[[5, 300]])
+    np.testing.assert_array_equal(ds.get(f"frames/{CAM}", [-1, -ds.n_frames]), allf[[-1, 0]])
+    for bad in ([ds.n_frames], [0.5], mask[:-1], [[1, 2]]):
+        with pytest.raises(IndexError):
+            ds.get(f"frames/{CAM}", bad)
     # the fast reader is used and agrees with zarr's own decoding
     arr = ds.root[f"frames/{CAM}"]
     assert ShardReader.for_array(arr) is not None

@@ -462,16 +462,29 @@ class TrajectoryDataset:
                 cached.flags.writeable = False
                 self._cache[key] = cached
             return cached[indices]
-        rows = np.arange(self.n_frames)[indices] if isinstance(indices, slice) else np.asarray(indices, np.int64)
-        if rows.ndim != 1:
-            raise IndexError(f"frame indices must be one-dimensional, got shape {rows.shape}")
-        if len(rows) and (rows.min() < 0 or rows.max() >= self.n_frames):
-            raise IndexError(f"frame indices must lie in [0, {self.n_frames}), got {rows.min()}..{rows.max()}")
+        rows = self._frame_rows(indices)
         self._require_rendered(key, rows)
         try:
             return self._read_frames(key, arr, rows)
         except Exception as err:
             raise self._damaged(key, err) from err
+
+    def _frame_rows(self, indices: np.ndarray | slice | Sequence[int]) -> np.ndarray:
+        """Frame indices as int64 rows: a slice, a boolean mask, or integers (negative count from the end)."""
+        n = self.n_frames
+        if isinstance(indices, slice):
+            return np.arange(*indices.indices(n), dtype=np.int64)
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise IndexError(f"a boolean frame mask must have shape ({n},), got {idx.shape}")
+            return np.flatnonzero(idx)
+        if idx.ndim != 1 or (len(idx) and idx.dtype.kind not in "iu"):
+            raise IndexError(f"frame indices must be a 1-D integer array, got {idx.dtype} of shape {idx.shape}")
+        rows = idx.astype(np.int64)
+        if len(rows) and (rows.min() < -n or rows.max() >= n):
+            raise IndexError(f"frame indices must lie in [-{n}, {n}), got {rows.min()}..{rows.max()}")
+        return np.where(rows < 0, rows + n, rows)
 
     def _require_rendered(self, key: str, rows: np.ndarray) -> None:
         name = key.split("/", 1)[1]
