@@ -39,7 +39,6 @@ def test_scripted_session_writes_the_expected_episodes(tmp_path):
     assert ds.ground_truth("reward").shape == (11,) and np.all(np.diff(ds.get("timestamp")[:6]) > 0)
     # the state rows re-render to the recorded frames (what `robot-pref render` relies on)
     with open_robot("sim:lift") as robot:
-        robot.reset()  # robosuite sets site visibility on reset, which no saved state holds
         env = robot.robot.env
         env.set_state(ds.get("state", [7])[0])
         np.testing.assert_array_equal(env.render("agentview", 32, 32), ds.get("frames/agentview_32", [7])[0])
