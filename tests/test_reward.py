@@ -208,6 +208,31 @@ def test_checkpoint_round_trip_other_models(kind, dataset, tmp_path):
         assert not any(p.requires_grad for p in model.encoder.parameters())
 
 
+def test_clip_head_trains_on_features_computed_once(dataset, tmp_path, monkeypatch):
+    """The frozen encoder sees each labeled frame once (features cached), the head learns the trend."""
+    import robot_pref.reward.train as train_module
+    from robot_pref.reward.models import RewardModel
+
+    config = tmp_path / "tiny-reward-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    encoded = []
+    real_inputs = RewardModel.inputs
+
+    def counting_inputs(self, frames, batch_size=256):
+        encoded.append(len(frames))
+        return real_inputs(self, frames, batch_size)
+
+    monkeypatch.setattr(RewardModel, "inputs", counting_inputs)
+    monkeypatch.setattr("robot_pref.reward.evaluation.evaluate", lambda *args, **kw: {})  # it encodes frames too
+    a, b, label = oracle_pairs(dataset, 300)
+    cfg = FitRewardConfig(**{**FAST, "model": "clip-head", "clip_model": "tiny-reward-clip", "clip_pretrained": "none",
+                             "clip_config": str(config), "epochs": 60})
+    model, report = train_module.fit(dataset, a, b, label, cfg, progress=False)
+    used = label != -1  # ties are dropped: their frames are never encoded
+    assert sum(encoded) == len(np.unique(np.concatenate([a[used], b[used]])))  # once per frame, over all epochs
+    assert model.spec.type == "clip-head" and max(h["val_accuracy"] for h in report["history"]) >= 0.7
+
+
 # ------------------------------------------------------------------------------------ CLI end to end
 def test_fit_reward_cli_with_soft_ties(dataset, tmp_path):
     from robot_pref.cli import main
