@@ -10,6 +10,9 @@ Layout (zarr v3 group)::
     ground_truth/   per-step true reward and success; read only through `ground_truth()`
     meta/           episode_ends, the per-episode table, render progress per frame key
 
+Training reads random batches through `batches` (robot_pref.data.sampler.BatchSampler: background
+threads prefetch, frames stay on disk unless they fit in RAM).
+
 Conventions: row t of every per-step array is the robot at step t (frame t shows state s_t,
 action t is applied in s_t). Reward arrays hold r(s_t), so the reward of transition t -> t+1
 is reward[t + 1]; the last step of an episode only has a successor when the episode was
@@ -437,8 +440,8 @@ class TrajectoryDataset:
     def _damaged(self, key: str, err: Exception) -> DatasetError:
         return DatasetError(
             f"{self.path}: reading {key} failed ({type(err).__name__}: {err}); the store is damaged. "
-            f"Run `robot-pref info --dataset {self.path} --verify` to list what is broken, then copy the "
-            "dataset again from its source (frames: delete the key and render again)"
+            f"Check the whole store with `robot-pref info --dataset {self.path} --verify`; copy it again from "
+            "its source (damaged frames: delete the key and render again)"
         )
 
     def get(self, key: str, indices: np.ndarray | slice | None = None) -> np.ndarray:
