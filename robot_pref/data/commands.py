@@ -31,7 +31,8 @@ def info(cfg: InfoConfig) -> dict:
 def format_summary(s: dict) -> str:
     lines = [
         f"dataset   {s['path']}",
-        f"env       {s['env'].get('name', '-')}  task(s) {', '.join(s['tasks']) or '-'}  fps {s['fps']:g}",
+        f"env       {s['env'].get('name', '-')}{' (' + s['env']['source'] + ')' if 'source' in s['env'] else ''}"
+        f"  task(s) {', '.join(s['tasks']) or '-'}  fps {s['fps']:g}",
         f"episodes  {s['episodes']}   frames {s['frames']}",
         "arrays:",
     ]
