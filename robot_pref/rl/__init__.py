@@ -1,1 +1,22 @@
-"""robot_pref.rl"""
+"""Offline RL: IQL and BC on trajectory datasets, checkpoints and the deployable `Policy`.
+
+`robot_pref.rl.train.train(cfg)` trains, `robot_pref.rl.compare.compare(cfg)` runs the baseline
+comparison, `load_policy(path)` loads a checkpoint for eval/rollout/hardware. Names here are
+imported lazily so that reading the configs (the CLI does) does not pull in torch.
+"""
+
+_EXPORTS = {
+    "Policy": "robot_pref.rl.checkpoint",
+    "load_policy": "robot_pref.rl.checkpoint",
+    "TrainConfig": "robot_pref.rl.config",
+    "CompareConfig": "robot_pref.rl.config",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'robot_pref.rl' has no attribute {name!r}")

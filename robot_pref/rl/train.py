@@ -13,9 +13,8 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,49 +23,11 @@ from robot_pref.data.dataset import DatasetError, TrajectoryDataset
 from robot_pref.rl.batches import TransitionBatches, scale_rewards, transition_rewards
 from robot_pref.rl.bc import BC
 from robot_pref.rl.checkpoint import load_checkpoint, resolve_device, save_checkpoint
+from robot_pref.rl.config import TrainConfig
 from robot_pref.rl.iql import IQL
 from robot_pref.rl.learner import Learner, ObsModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    dataset: str = field(default="", metadata={"help": "zarr dataset to train on"})
-    out: str = field(default="runs/train", metadata={"help": "run directory (rerunning with the same one resumes)"})
-    algo: Literal["iql", "bc"] = "iql"
-    reward_key: str = field(default="", metadata={
-        "help": "'true' = ground-truth reward (the oracle baseline), else a learned reward under rewards/"})
-    steps: int = 100_000
-    batch_size: int = 256
-    seed: int = 0
-    device: str = field(default="auto", metadata={"help": "auto (CUDA when present), cpu, cuda, cuda:1 ..."})
-    obs_keys: tuple[str, ...] = field(default=("obs",), metadata={
-        "help": "observation keys: low-dim arrays (obs) and/or frames (frames/agentview_84)"})
-    hidden: tuple[int, ...] = (256, 256)
-    actor: Literal["gaussian", "deterministic"] = "gaussian"
-    lr: float = 3e-4
-    actor_lr: float = 3e-4
-    gamma: float = 0.99
-    expectile: float = 0.7
-    beta: float = 3.0
-    max_weight: float = 100.0
-    polyak: float = 0.005
-    obs_std_floor: float = field(default=0.1, metadata={"help": "floor on the obs std used for normalisation"})
-    obs_clip: float = 10.0
-    reward_normalize: Literal["none", "minmax", "standardize"] = "none"
-    reward_scale: float = 1.0
-    reward_bias: float = 0.0
-    image_feature_dim: int = 64
-    image_shift: int = field(default=4, metadata={"help": "random-shift augmentation in pixels (0 = off)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the losses (pays off for long runs)"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
-    log_every: int = 1000
-    save_every: int = 10_000
-    eval_every: int = field(default=0, metadata={"help": "evaluation rollouts every N steps (0 = off)"})
-    eval_episodes: int = 10
-    eval_workers: int = 1
-    overwrite: bool = field(default=False, metadata={"help": "start afresh even if OUT/last.pt exists"})
 
 
 # fields that may change between a run and its resumption without changing the result

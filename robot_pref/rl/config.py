@@ -1,0 +1,63 @@
+"""Configs of `robot-pref train` and `robot-pref compare` (no heavy imports: the CLI reads them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = field(default="", metadata={"help": "zarr dataset to train on"})
+    out: str = field(default="runs/train", metadata={"help": "run directory (rerunning with the same one resumes)"})
+    algo: Literal["iql", "bc"] = "iql"
+    reward_key: str = field(default="", metadata={
+        "help": "'true' = ground-truth reward (the oracle baseline), else a learned reward under rewards/"})
+    steps: int = 100_000
+    batch_size: int = 256
+    seed: int = 0
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present), cpu, cuda, cuda:1 ..."})
+    obs_keys: tuple[str, ...] = field(default=("obs",), metadata={
+        "help": "observation keys: low-dim arrays (obs) and/or frames (frames/agentview_84)"})
+    hidden: tuple[int, ...] = (256, 256)
+    actor: Literal["gaussian", "deterministic"] = "gaussian"
+    lr: float = 3e-4
+    actor_lr: float = 3e-4
+    gamma: float = 0.99
+    expectile: float = 0.7
+    beta: float = 3.0
+    max_weight: float = 100.0
+    polyak: float = 0.005
+    obs_std_floor: float = field(default=0.1, metadata={"help": "floor on the obs std used for normalisation"})
+    obs_clip: float = 10.0
+    reward_normalize: Literal["none", "minmax", "standardize"] = "none"
+    reward_scale: float = 1.0
+    reward_bias: float = 0.0
+    image_feature_dim: int = 64
+    image_shift: int = field(default=4, metadata={"help": "random-shift augmentation in pixels (0 = off)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the losses (pays off for long runs)"})
+    threads: int = field(default=1, metadata={
+        "help": "torch CPU threads; 1 suits 256-wide MLPs (on a busy 2-core machine 2 threads ran ~50x slower), "
+                "0 = torch's default"})
+    log_every: int = 1000
+    save_every: int = 10_000
+    eval_every: int = field(default=0, metadata={"help": "evaluation rollouts every N steps (0 = off)"})
+    eval_episodes: int = 10
+    eval_workers: int = 1
+    overwrite: bool = field(default=False, metadata={"help": "start afresh even if OUT/last.pt exists"})
+
+
+@dataclass
+class CompareConfig:
+    dataset: str = field(default="", metadata={"help": "zarr dataset every contender trains on"})
+    out: str = field(default="runs/compare", metadata={"help": "one sub-directory per contender + compare.json/.md"})
+    reward_key: str = field(default="", metadata={
+        "help": "learned reward under rewards/ for the third contender (empty: only BC and the oracle)"})
+    steps: int = 20_000
+    seed: int = 0
+    device: str = "auto"
+    episodes: int = field(default=50, metadata={"help": "evaluation episodes per contender"})
+    workers: int = field(default=1, metadata={"help": "evaluation Ray actors"})
+    videos: int = 2
+    train: dict = field(default_factory=dict, metadata={
+        "help": "extra TrainConfig fields for every contender, as YAML (e.g. '{batch_size: 512}')"})

@@ -1,0 +1,248 @@
+"""IQL/BC correctness: losses against their definitions, value learning, policy extraction, exact resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robot_pref.data import Episode, TrajectoryDataset
+from robot_pref.rl import TrainConfig, load_policy
+from robot_pref.rl.train import train
+from robot_pref.rl.batches import TransitionBatches
+from robot_pref.rl.bc import BC
+from robot_pref.rl.checkpoint import load_checkpoint
+from robot_pref.rl.iql import IQL, expectile_loss
+from robot_pref.rl.learner import Learner, ObsModel
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small nets run fastest on one thread; two spin-wait badly when the machine is oversubscribed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def identity_obs_model(dim: int) -> ObsModel:
+    return ObsModel({"obs": (np.zeros(dim, np.float32), np.ones(dim, np.float32))}, {}, std_floor=0.0)
+
+
+def array_batches(obs, action, reward, done, valid, batch_size=256, seed=0) -> TransitionBatches:
+    return TransitionBatches({"obs": torch.as_tensor(obs, dtype=torch.float32)},
+                             torch.as_tensor(action, dtype=torch.float32), reward, done, valid, batch_size,
+                             torch.device("cpu"), seed)
+
+
+def write_dataset(path, episodes: list[dict], frames_key: str | None = None) -> TrajectoryDataset:
+    """A zarr dataset from dicts with obs, action, reward (r(s_t)) and optional frames / terminated."""
+    first = episodes[0]
+    ds = TrajectoryDataset.create(path, obs_dim=first["obs"].shape[1], action_dim=first["action"].shape[1],
+                                  state_dim=2, fps=20, env={"task": "toy"})
+    for i, ep in enumerate(episodes):
+        T = len(ep["obs"])
+        ds.append_episode(Episode(obs=ep["obs"], action=ep["action"], state=np.zeros((T, 2)),
+                                  true_reward=ep["reward"], task="toy", seed=i, tier=ep.get("tier", ""),
+                                  terminated=ep.get("terminated", False),
+                                  frames={frames_key: ep["frames"]} if frames_key else {}))
+    return ds
+
+
+# ----------------------------------------------------------------------------- losses
+def test_expectile_loss_matches_definition_and_its_minimiser_is_the_expectile():
+    u = torch.linspace(-3, 3, 61)
+    for tau in (0.5, 0.7, 0.9):
+        expected = torch.where(u < 0, (1 - tau) * u**2, tau * u**2)
+        torch.testing.assert_close(expectile_loss(u, tau), expected)
+    # argmin_v E[L_tau(x - v)] is the tau-expectile: tau E[(x-v)+] = (1-tau) E[(v-x)+]
+    x = torch.tensor([0.0, 0.0, 0.0, 1.0, 4.0])
+    v = torch.zeros((), requires_grad=True)
+    opt = torch.optim.SGD([v], lr=0.1)
+    for _ in range(2000):
+        opt.zero_grad()
+        expectile_loss(x - v, 0.9).mean().backward()
+        opt.step()
+    balance = 0.9 * torch.clamp(x - v, min=0).sum() - 0.1 * torch.clamp(v - x, min=0).sum()
+    assert abs(balance.item()) < 1e-4
+    assert 1.0 < v.item() < 4.0  # far above the mean (1.0): tau = 0.9 leans to the upper tail
+
+
+def test_no_bootstrapping_through_terminal_transitions():
+    torch.manual_seed(0)
+    learner = IQL(identity_obs_model(3), 2, hidden=(32, 32))
+    with torch.no_grad():  # V = 50 everywhere: any bootstrap would show
+        last = learner.v.net[-1]
+        last.weight.zero_()
+        last.bias.fill_(50.0)
+    s, a = torch.randn(8, 3), torch.rand(8, 2) * 2 - 1
+    r = torch.arange(8, dtype=torch.float32)
+    done = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.float32)
+    batch = {"obs": {"obs": s}, "next_obs": {"obs": torch.randn(8, 3)}, "action": a, "reward": r, "done": done}
+    _, logs = learner.losses(batch)
+    q = learner.q(s, a).detach()
+    target = torch.where(done.bool(), r, r + 0.99 * 50.0)
+    torch.testing.assert_close(logs["q_loss"], ((q - target) ** 2).mean())
+
+
+# ----------------------------------------------------------------------------- value learning
+def test_value_converges_to_discounted_return_on_a_chain():
+    """Chain s0 -> ... -> s5 (terminal), reward 1 on entering s5: V(s_k) = gamma^(4-k)."""
+    n, gamma = 5, 0.9
+    obs = np.eye(n + 1, dtype=np.float32)  # frames s0..s5
+    reward_next = np.zeros(n + 1, np.float32)
+    reward_next[n - 1] = 1.0  # transition s4 -> s5 gets r(s5)
+    done = np.zeros(n + 1, np.float32)
+    done[n - 1] = 1.0
+    torch.manual_seed(0)
+    learner = IQL(identity_obs_model(n + 1), 1, hidden=(64, 64), lr=3e-3, gamma=gamma, polyak=0.05)
+    batches = array_batches(obs, np.zeros((n + 1, 1)), reward_next, done, np.arange(n), batch_size=32)
+    for step in range(1500):
+        learner.update(batches.sample(step))
+    v = learner.v(torch.as_tensor(obs[:n])).detach().numpy()
+    np.testing.assert_allclose(v, gamma ** np.arange(n - 1, -1, -1), atol=0.05)
+
+
+def test_bandit_with_mixed_data_picks_the_better_action_and_v_reaches_the_expectile():
+    """One state; 20% of the data takes a=+0.5 (reward 1), 80% a=-0.5 (reward 0); every step terminal."""
+    rng = np.random.default_rng(0)
+    m = 2000
+    good = rng.random(m) < 0.2
+    action = np.where(good, 0.5, -0.5)[:, None].astype(np.float32)
+    obs = np.zeros((m, 1), np.float32)
+    reward = good.astype(np.float32)
+    tau, p = 0.7, good.mean()
+    torch.manual_seed(0)
+    learner = IQL(identity_obs_model(1), 1, hidden=(32, 32), lr=1e-3, actor_lr=1e-3, beta=10.0, expectile=tau,
+                  polyak=0.05, total_steps=1500)
+    batches = array_batches(obs, action, reward, np.ones(m, np.float32), np.arange(m - 1))
+    for step in range(1500):
+        learner.update(batches.sample(step))
+    v = learner.v(torch.zeros(1, 1)).item()
+    expectile = tau * p / (tau * p + (1 - tau) * (1 - p))  # solves tau p (1 - v) = (1 - tau)(1 - p) v
+    assert v == pytest.approx(expectile, abs=0.03)
+    a = learner.actor(torch.zeros(1, 1)).item()
+    assert a > 0.4, f"IQL should pick the rewarded action +0.5, got {a:.2f}"
+
+
+def test_bc_recovers_a_linear_expert(tmp_path):
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(4, 2)).astype(np.float32) * 0.2
+    episodes = []
+    for _ in range(20):
+        obs = rng.normal(size=(50, 4)).astype(np.float32) * [1.0, 2.0, 0.5, 3.0] + [0.0, 1.0, -2.0, 5.0]
+        obs = obs.astype(np.float32)
+        episodes.append({"obs": obs, "action": (obs - [0.0, 1.0, -2.0, 5.0]).astype(np.float32) @ W,
+                         "reward": np.zeros(50, np.float32)})
+    write_dataset(tmp_path / "lin.zarr", episodes)
+    train(TrainConfig(dataset=str(tmp_path / "lin.zarr"), out=str(tmp_path / "bc"), algo="bc", steps=1500,
+                      hidden=(64, 64), actor_lr=1e-3, log_every=500, save_every=1500, seed=0))
+    policy = load_policy(tmp_path / "bc" / "last.pt", device="cpu")
+    test = rng.normal(size=(200, 4)).astype(np.float32) * [1.0, 2.0, 0.5, 3.0] + [0.0, 1.0, -2.0, 5.0]
+    expert = (test - [0.0, 1.0, -2.0, 5.0]) @ W
+    pred = policy.act(test.astype(np.float32))
+    assert pred.shape == (200, 2)
+    assert np.mean((pred - expert) ** 2) < 0.05 * np.var(expert)
+    single = policy.act(test[0].astype(np.float32))
+    np.testing.assert_allclose(single, pred[0], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- exact resume
+def _crash_after(monkeypatch, n: int) -> None:
+    original = Learner.update
+    calls = {"n": 0}
+
+    def update(self, *args, **kwargs):
+        if calls["n"] == n:
+            raise RuntimeError("simulated crash")
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Learner, "update", update)
+
+
+@pytest.mark.parametrize("with_frames", [False, True])
+def test_resume_after_a_crash_gives_identical_parameters(tmp_path, monkeypatch, with_frames):
+    rng = np.random.default_rng(0)
+    key = "frames/cam_40" if with_frames else None
+    episodes = [{"obs": rng.normal(size=(12, 3)).astype(np.float32),
+                 "action": rng.uniform(-1, 1, (12, 2)).astype(np.float32),
+                 "reward": rng.random(12).astype(np.float32), "terminated": i == 0,
+                 "frames": rng.integers(0, 255, (12, 40, 40, 3), dtype=np.uint8)} for i in range(4)]
+    write_dataset(tmp_path / "d.zarr", episodes, "cam_40" if with_frames else None)
+    common = dict(dataset=str(tmp_path / "d.zarr"), reward_key="true", steps=30, batch_size=16, hidden=(32, 32),
+                  save_every=10, log_every=5, seed=3, device="cpu",
+                  obs_keys=("obs", key) if with_frames else ("obs",))
+    train(TrainConfig(out=str(tmp_path / "straight"), **common))
+    with monkeypatch.context() as m:
+        _crash_after(m, 25)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(TrainConfig(out=str(tmp_path / "resumed"), **common))
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 20
+    info = train(TrainConfig(out=str(tmp_path / "resumed"), **common))
+    assert info["steps"] == 30
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert torch.equal(a["sampler"]["generator"], b["sampler"]["generator"])
+    rows = lambda p: [r["step"] for r in csv.DictReader(open(p / "log.csv"))]  # noqa: E731
+    assert rows(tmp_path / "resumed") == rows(tmp_path / "straight") == [str(s) for s in range(5, 31, 5)]
+    with pytest.raises(ValueError, match="different settings"):
+        train(TrainConfig(out=str(tmp_path / "resumed"), **{**common, "beta": 1.0}))
+
+
+def test_missing_reward_and_nan_rewards_are_clear_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    ep = {"obs": rng.normal(size=(6, 2)).astype(np.float32), "action": np.zeros((6, 1), np.float32),
+          "reward": np.zeros(6, np.float32)}
+    ds = write_dataset(tmp_path / "d.zarr", [ep])
+    with pytest.raises(ValueError, match="--reward-key true"):
+        train(TrainConfig(dataset=str(tmp_path / "d.zarr"), out=str(tmp_path / "a"), steps=2))
+    with pytest.raises(KeyError, match="robot-pref relabel"):
+        train(TrainConfig(dataset=str(tmp_path / "d.zarr"), out=str(tmp_path / "b"), steps=2, reward_key="vlm"))
+    ds = TrajectoryDataset.open(tmp_path / "d.zarr", "a")
+    ds.write_reward("half", np.ones(3), start=0)  # rows 3.. stay NaN
+    with pytest.raises(ValueError, match="NaN"):
+        train(TrainConfig(dataset=str(tmp_path / "d.zarr"), out=str(tmp_path / "c"), steps=2, reward_key="half"))
+
+
+# ----------------------------------------------------------------------------- learning
+def point_mass_dataset(path, rng, n_expert=15, n_random=60, horizon=12):
+    """2-D point mass, s' = clip(s + 0.15 a), r(s) = -|s|; experts head to the origin, the rest is random."""
+    episodes = []
+    for i in range(n_expert + n_random):
+        s = rng.uniform(-1, 1, 2)
+        obs, act, rew = [], [], []
+        for _ in range(horizon):
+            a = np.clip(-s / 0.15, -1, 1) if i < n_expert else rng.uniform(-1, 1, 2)
+            obs.append(s.copy())
+            act.append(a)
+            rew.append(-np.linalg.norm(s))
+            s = np.clip(s + 0.15 * a, -1, 1)
+        episodes.append({"obs": np.array(obs, np.float32), "action": np.array(act, np.float32),
+                         "reward": np.array(rew, np.float32), "tier": "expert" if i < n_expert else "random"})
+    return write_dataset(path, episodes)
+
+
+def rollout_distance(policy, rng, n=50, horizon=12) -> float:
+    s = rng.uniform(-1, 1, (n, 2))
+    for _ in range(horizon):
+        s = np.clip(s + 0.15 * policy.act(s.astype(np.float32)), -1, 1)
+    return float(np.linalg.norm(s, axis=1).mean())
+
+
+def test_iql_beats_bc_on_mixed_quality_data(tmp_path):
+    point_mass_dataset(tmp_path / "pm.zarr", np.random.default_rng(0))
+    common = dict(dataset=str(tmp_path / "pm.zarr"), steps=1500, hidden=(64, 64), batch_size=128, lr=1e-3,
+                  actor_lr=1e-3, gamma=0.9, polyak=0.02, log_every=500, save_every=1500, seed=0)
+    train(TrainConfig(out=str(tmp_path / "bc"), algo="bc", **common))
+    train(TrainConfig(out=str(tmp_path / "iql"), algo="iql", reward_key="true", beta=5.0, **common))
+    d_bc = rollout_distance(load_policy(tmp_path / "bc" / "last.pt", "cpu"), np.random.default_rng(1))
+    d_iql = rollout_distance(load_policy(tmp_path / "iql" / "last.pt", "cpu"), np.random.default_rng(1))
+    d_start = rollout_distance(type("Still", (), {"act": lambda self, s: np.zeros_like(s)})(), np.random.default_rng(1))
+    assert d_iql < 0.15, (d_iql, d_bc)
+    assert d_iql < 0.5 * d_bc < 0.5 * d_start, (d_iql, d_bc, d_start)
