@@ -72,24 +72,26 @@ def bench_vlm(frames, url: str, latency: float, levels: list[int], ray_actor: bo
             answers = [a for batch in run_remote([actor], iter([[q] for q in qs]), 2 * c) for a in batch]
             wall = time.perf_counter() - t
             ray.kill(actor)
+            cpu = None
         else:
             lab = VLMLabeler(cfg, GOAL, api_key=Secret("bench"))
 
             async def go():
                 await lab.label(warm)
-                t = time.perf_counter()
+                t, cpu = time.perf_counter(), time.process_time()
                 out = await lab.label(qs)
-                wall = time.perf_counter() - t
+                wall, cpu = time.perf_counter() - t, time.process_time() - cpu
                 await lab.aclose()
-                return out, wall
+                return out, wall, cpu
 
-            answers, wall = asyncio.run(go())
+            answers, wall, cpu = asyncio.run(go())
         ok = sum(a.status != "failed" for a in answers)
         rate, ideal = ok / wall, c / latency
         rows.append({"path": "ray actor" if ray_actor else "in-process", "concurrency": c, "labels": ok,
                      "wall_s": round(wall, 3), "labels_per_s": round(rate, 2), "ideal_per_s": round(ideal, 2),
                      "ratio": round(rate / ideal, 3),
-                     "overhead_ms": round(1000 * (c * wall / ok - latency), 1)})  # per request, beyond the latency
+                     "overhead_ms": round(1000 * (c * wall / ok - latency), 1),  # per request, beyond the latency
+                     "client_cpu_ms": "-" if cpu is None else round(1000 * cpu / ok, 2)})
     return rows
 
 

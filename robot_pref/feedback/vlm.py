@@ -212,6 +212,8 @@ class VLMLabeler(Labeler):
                 wait = retry_after_s(err.response.headers)
             except openai.APIConnectionError as err:  # timeouts, refused and dropped connections
                 last, wait = type(err).__name__, None
+            except openai.APIError as err:  # e.g. a 200 whose body is not a chat completion
+                raise RequestFailed(f"{type(err).__name__} from {self.cfg.base_url}: {err}") from None
             else:
                 if resp.usage is not None:
                     usage["prompt_tokens"] += resp.usage.prompt_tokens or 0
