@@ -7,8 +7,7 @@ import pytest
 
 from robot_pref.cli import main
 from robot_pref.data import TrajectoryDataset
-from robot_pref.envs import TaskEnv, make_env
-from robot_pref.envs.collectors import collect_episode
+from robot_pref.envs import TaskEnv, collect_episode, make_env
 
 
 @pytest.fixture(scope="module")
