@@ -108,6 +108,8 @@ def relabel(cfg: RelabelConfig) -> dict:
     spec = json.loads((model_dir / SPEC_FILE).read_text())
     frame_key = cfg.camera or spec.get("extra", {}).get("camera", "")
     ds = TrajectoryDataset.open(cfg.dataset, "a")
+    if ds.n_frames == 0:
+        raise DatasetError(f"{ds.path} holds no frames yet; collect episodes before relabeling")
     if frame_key not in ds.frame_keys:
         raise DatasetError(f"{ds.path} has no frames {frame_key!r} (has {ds.frame_keys}); render them or pass --camera")
     unrendered = np.flatnonzero(~ds.rendered_episodes(frame_key))
