@@ -1,0 +1,101 @@
+"""Evaluation: Wilson interval, rollouts in the real Lift simulator (stop at success), Ray == in-process, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+import torch._dynamo  # noqa: F401  triton's LLVM must load before mesa's (EGL): the reverse order segfaults
+from scipy.stats import binomtest
+
+from robot_pref.eval import EvalConfig, evaluate, run_episode, wilson_interval
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (37, 50), (1, 1)])
+def test_wilson_interval_matches_scipy(k, n):
+    ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    np.testing.assert_allclose(wilson_interval(k, n), (ref.low, ref.high), atol=2e-4)
+
+
+class ExpertPolicy:
+    """The scripted Lift expert behind the `Policy` interface (one episode)."""
+
+    observation_keys = ("obs",)
+
+    def __init__(self, env):
+        from robot_pref.envs.collectors import make_expert
+
+        self.env, self.expert, self.started = env, make_expert("lift"), False
+
+    def act(self, obs):
+        parts = self.env.obs_dict(obs["obs"])
+        if not self.started:
+            self.expert.reset(parts)
+            self.started = True
+        return self.expert.act(parts)
+
+
+def test_episode_stops_at_success_and_records_video():
+    from robot_pref.envs import make_env
+
+    with make_env("lift") as env:
+        row = run_episode(env, ExpertPolicy(env), seed=5, max_steps=150, video=("agentview", 48))
+        assert row["success"] and env.success()
+        assert row["steps"] < 100  # stopped at the first success, not at the horizon
+        assert row["frames"].shape == (row["steps"] + 1, 48, 48, 3)
+        assert row["return"] > 0
+
+
+@pytest.fixture(scope="module")
+def lift_policy(tmp_path_factory):
+    """A BC checkpoint trained briefly on two short collected Lift episodes."""
+    from robot_pref.envs.collect import collect
+    from robot_pref.envs.commands import CollectConfig
+    from robot_pref.rl.config import TrainConfig
+    from robot_pref.rl.train import train
+
+    root = tmp_path_factory.mktemp("lift")
+    collect(CollectConfig(task="lift", tier="expert", episodes=2, horizon=15, out=str(root / "lift.zarr")))
+    info = train(TrainConfig(dataset=str(root / "lift.zarr"), out=str(root / "bc"), algo="bc", steps=20,
+                             hidden=(32, 32), log_every=10, device="cpu"))
+    return info["checkpoint"]
+
+
+def test_evaluate_on_ray_writes_eval_info_and_video_and_matches_in_process(lift_policy, tmp_path, ray_session):
+    from robot_pref.rl import load_policy
+
+    policy = load_policy(lift_policy, device="cpu")
+    assert policy.task == "lift" and policy.env_meta["task"] == "lift" and policy.observation_keys == ("obs",)
+    cfg = dict(policy=lift_policy, episodes=2, max_steps=8, videos=1, video_size=64, seed=7)
+    info = evaluate(EvalConfig(workers=2, out=str(tmp_path / "ray"), **cfg))
+    saved = json.loads((tmp_path / "ray" / "eval_info.json").read_text())
+    assert saved["episodes"] == 2 and saved["task"] == "lift" and saved["ci_method"].startswith("wilson")
+    rows = saved["per_episode"]
+    assert [r["seed"] for r in rows] == [7, 8] and all(r["steps"] == 8 for r in rows)
+    assert saved["success_rate"] == sum(r["success"] for r in rows) / 2
+    assert saved["mean_return"] == pytest.approx(np.mean([r["return"] for r in rows]))
+    video = tmp_path / "ray" / rows[0]["video"]
+    frames = imageio.mimread(video)
+    assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
+    assert "video" not in rows[1]
+    local = evaluate(EvalConfig(workers=1, out=str(tmp_path / "local"), **cfg))
+    assert [r["return"] for r in local["per_episode"]] == pytest.approx([r["return"] for r in info["per_episode"]])
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="robot-pref train"):
+        evaluate(EvalConfig(policy=str(tmp_path / "missing.pt")))
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a robot_pref policy"):
+        evaluate(EvalConfig(policy=str(tmp_path / "other.pt")))
