@@ -7,7 +7,7 @@ All contenders sample batches of 256 from the same 1M synthetic transitions and 
 rounds in one process (the machine is shared, so the load drifts; the median round is reported).
 - reference: IQL as usually written (CORL style): separate Q1/Q2/V/actor networks, three Adam
   optimizers and three backward passes per step, a per-parameter Python loop for the target update,
-  batches indexed from host-side arrays.
+  a device-resident buffer indexed by indices drawn on the host.
 - robot_pref: `robot_pref.rl.iql.IQL` fed by `robot_pref.rl.batches.TransitionBatches`.
 - ceiling: only the matrix multiplies one IQL update has to do (forward and backward of every
   linear layer, same shapes), back to back: the speed with zero overhead.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 
@@ -49,7 +50,8 @@ def ref_mlp(i, o, h=256):
 
 class ReferenceIQL:
     def __init__(self, obs_dim, act_dim, data, device, steps=1_000_000):
-        self.obs, self.act, self.rew, self.done, self.next_obs = data
+        # the replay buffer lives on the device, indexed by host-drawn indices (as CORL's ReplayBuffer)
+        self.obs, self.act, self.rew, self.done, self.next_obs = (x.to(device) for x in data)
         self.device = device
         self.q1, self.q2 = ref_mlp(obs_dim + act_dim, 1).to(device), ref_mlp(obs_dim + act_dim, 1).to(device)
         self.q1_t, self.q2_t = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
@@ -62,7 +64,7 @@ class ReferenceIQL:
 
     def update(self):
         idx = np.random.randint(0, len(self.obs), 256)
-        s, a, r, d, s2 = (x[idx].to(self.device) for x in (self.obs, self.act, self.rew, self.done, self.next_obs))
+        s, a, r, d, s2 = (x[idx] for x in (self.obs, self.act, self.rew, self.done, self.next_obs))
         with torch.no_grad():
             target_q = torch.min(self.q1_t(torch.cat([s, a], 1)), self.q2_t(torch.cat([s, a], 1))).squeeze(-1)
             next_v = self.v(s2).squeeze(-1)
@@ -173,7 +175,8 @@ def main():
     device = torch.device(args.device)
     torch.manual_seed(0)
     np.random.seed(0)
-    print(f"device {device}  threads {torch.get_num_threads()}  torch {torch.__version__}  "
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"device {device}  threads {torch.get_num_threads()}  load average {load:.1f}  torch {torch.__version__}  "
           f"{args.transitions} transitions, batch 256, {args.rounds} rounds x {args.steps} updates\n")
     header = f"{'obs/act':<8}{'contender':<22}{'updates/s':>10}{'x reference':>13}{'% ceiling':>11}{'GFLOP/s':>9}"
     print(header)

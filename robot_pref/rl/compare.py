@@ -2,7 +2,8 @@
 
 Each contender trains in ``out/<name>`` (so a rerun resumes or skips finished training) and is
 evaluated from its last checkpoint (no selection on evaluation episodes); the table of success
-rates with 95% Wilson intervals goes to ``compare.json`` and ``compare.md``.
+rates with 95% Wilson intervals goes to ``compare.json`` and ``compare.md``. Episodes stop at
+success, so a policy that finishes fast has short episodes and a small return: read success first.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                                      videos=cfg.videos, out=str(out / name / "eval")))
         rows.append({"name": name, "algo": tcfg.algo, "reward_key": tcfg.reward_key or "-", "steps": info["steps"],
                      "train_wall_s": info["wall_s"], "success_rate": result["success_rate"], "ci": result["ci"],
-                     "mean_return": result["mean_return"], "episodes": result["episodes"]})
+                     "mean_return": result["mean_return"], "mean_steps": result["mean_steps"],
+                     "episodes": result["episodes"]})
     summary = {"dataset": cfg.dataset, "rows": rows}
     (out / "compare.json").write_text(json.dumps(summary, indent=2))
     table = format_table(rows)
@@ -48,11 +50,11 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| policy | reward | steps | train wall (s) | success (95% CI) | mean return |",
-             "|---|---|---:|---:|---|---:|"]
+    lines = ["| policy | reward | updates | train wall (s) | success (95% Wilson CI) | episode steps | return |",
+             "|---|---|---:|---:|---|---:|---:|"]
     for r in rows:
         lo, hi = r["ci"]
         lines.append(f"| {r['algo'].upper()} | {r['reward_key']} | {r['steps']} | {r['train_wall_s']:.0f} | "
                      f"{100 * r['success_rate']:.0f}% ({100 * lo:.0f}-{100 * hi:.0f}%, n={r['episodes']}) | "
-                     f"{r['mean_return']:.1f} |")
+                     f"{r['mean_steps']:.0f} | {r['mean_return']:.1f} |")
     return "\n".join(lines)
