@@ -161,6 +161,8 @@ def plot_curve(curves: dict, path: Path, args) -> None:
     for sampler, rows in curves.items():
         ax.plot([r["labels"] for r in rows], [r["test_true_order_accuracy"] for r in rows], "o-", label=sampler)
     ax.set_xscale("log")
+    ax.set_xticks(args.budgets, [str(b) for b in args.budgets])
+    ax.minorticks_off()
     ax.set_xlabel("labels")
     ax.set_ylabel("true-order accuracy (held out)")
     ax.set_title(f"{Path(args.dataset).name}: mistake teacher eps={args.eps}", fontsize=9)
