@@ -17,6 +17,7 @@ from robot_pref.rl.bc import BC
 from robot_pref.rl.checkpoint import load_checkpoint
 from robot_pref.rl.iql import IQL, expectile_loss
 from robot_pref.rl.learner import Learner, ObsModel
+from robot_pref.rl.networks import EnsembleLinear, TwinQ
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -86,6 +87,21 @@ def test_no_bootstrapping_through_terminal_transitions():
     q = learner.q(s, a).detach()
     target = torch.where(done.bool(), r, r + 0.99 * 50.0)
     torch.testing.assert_close(logs["q_loss"], ((q - target) ** 2).mean())
+
+
+def test_fused_twin_q_equals_two_separate_critics():
+    torch.manual_seed(0)
+    q = TwinQ(5, 2, (16, 16))
+    s, a = torch.randn(7, 5), torch.randn(7, 2)
+    layers = [m for m in q.net if isinstance(m, EnsembleLinear)]
+    for i in range(2):
+        x = torch.cat([s, a], -1)
+        for j, layer in enumerate(layers):
+            x = x @ layer.weight[i] + layer.bias[i, 0]
+            x = torch.relu(x) if j < len(layers) - 1 else x
+        torch.testing.assert_close(q(s, a)[i], x.squeeze(-1))
+    h = torch.randn(2, 7, 16)  # the CPU per-member path equals the batched (CUDA) one
+    torch.testing.assert_close(layers[1](h), torch.baddbmm(layers[1].bias, h, layers[1].weight))
 
 
 # ----------------------------------------------------------------------------- value learning
