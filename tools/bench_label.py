@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robot_pref.feedback.clip import ClipScorer
+from robot_pref.feedback.clip import ClipScorer, pick_device
 from robot_pref.feedback.config import ClipConfig, VLMConfig
 from robot_pref.feedback.labelers import Query, Secret
 from robot_pref.feedback.synthetic import GOAL, make_square_dataset
@@ -54,7 +54,9 @@ def server_process(latency: float):
         proc.wait()
 
 
-def bench_vlm(frames, url: str, latency: float, levels: list[int], ray_actor: bool) -> list[dict]:
+def bench_vlm(frames, url: str, latency: float, levels: list[int], mode: str, n_actors: int = 1) -> list[dict]:
+    """``mode``: "in-process" (the async labeler alone) or "ray" (``n_actors`` client actors sharing the
+    concurrency, one query per actor call: the path `robot-pref label` takes)."""
     import ray
 
     from robot_pref.feedback.run import LabelerActor, run_remote
@@ -62,17 +64,18 @@ def bench_vlm(frames, url: str, latency: float, levels: list[int], ray_actor: bo
     rows = []
     rng = np.random.default_rng(0)
     for c in levels:
-        cfg = VLMConfig(base_url=url, model="mock", prompt="single-stage", concurrency=c)
+        cfg = VLMConfig(base_url=url, model="mock", prompt="single-stage", concurrency=c // n_actors)
         qs, warm = queries(frames, max(8, 8 * c), rng), queries(frames, c, rng)
-        if ray_actor:  # the path of `robot-pref label`: one query per actor call, answers streamed back
-            actor = ray.remote(LabelerActor).options(**VLMLabeler.actor_options(cfg, 1, 0)).remote(
-                "vlm", cfg, GOAL, {"api_key": Secret("bench"), "workers": 1})
-            ray.get(actor.label.remote(warm))  # actor start-up and connection set-up are not measured
+        cpu = None
+        if mode == "ray":
+            actors = [ray.remote(LabelerActor).options(**VLMLabeler.actor_options(cfg, n_actors, 0)).remote(
+                "vlm", cfg, GOAL, {"api_key": Secret("bench"), "workers": n_actors}) for _ in range(n_actors)]
+            ray.get([a.label.remote(warm[i::n_actors]) for i, a in enumerate(actors)])  # start-up not measured
             t = time.perf_counter()
-            answers = [a for batch in run_remote([actor], iter([[q] for q in qs]), 2 * c) for a in batch]
+            answers = [a for batch in run_remote(actors, iter([[q] for q in qs]), 2 * c) for a in batch]
             wall = time.perf_counter() - t
-            ray.kill(actor)
-            cpu = None
+            for a in actors:
+                ray.kill(a)
         else:
             lab = VLMLabeler(cfg, GOAL, api_key=Secret("bench"))
 
@@ -87,7 +90,8 @@ def bench_vlm(frames, url: str, latency: float, levels: list[int], ray_actor: bo
             answers, wall, cpu = asyncio.run(go())
         ok = sum(a.status != "failed" for a in answers)
         rate, ideal = ok / wall, c / latency
-        rows.append({"path": "ray actor" if ray_actor else "in-process", "concurrency": c, "labels": ok,
+        rows.append({"path": mode if mode != "ray" else f"ray {n_actors} actor{'s' * (n_actors > 1)}",
+                     "concurrency": c if n_actors == 1 else f"{n_actors}x{c // n_actors}", "labels": ok,
                      "wall_s": round(wall, 3), "labels_per_s": round(rate, 2), "ideal_per_s": round(ideal, 2),
                      "ratio": round(rate / ideal, 3),
                      "overhead_ms": round(1000 * (c * wall / ok - latency), 1),  # per request, beyond the latency
@@ -96,13 +100,16 @@ def bench_vlm(frames, url: str, latency: float, levels: list[int], ray_actor: bo
 
 
 def bench_clip(frames, model: str, n: int, batch: int) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(1)  # as in a 1-CPU Ray actor (Ray sets OMP_NUM_THREADS=1 there)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = ClipConfig(model=model, pretrained="", batch_size=batch)
         if model == "tiny":
             path = Path(tmp) / "robot-pref-tiny-clip.json"
             path.write_text(json.dumps(TINY))
             cfg = ClipConfig(model="robot-pref-tiny-clip", pretrained="", model_config=str(path), batch_size=batch)
-        scorer = ClipScorer(cfg, GOAL)
+        scorer = ClipScorer(cfg, GOAL, device=pick_device("auto"))
         x = frames[np.arange(n) % len(frames)]
         scorer.score(x[:batch])  # warm-up
         t = time.perf_counter()
@@ -140,19 +147,21 @@ def main() -> None:
         ds = make_square_dataset(Path(tmp) / "sq.zarr", episodes=8, length=32, size=84)
         frames = ds.get("frames/agentview_84")
     with server_process(args.latency) as url:
-        vlm = bench_vlm(frames, url, args.latency, levels, ray_actor=False)
+        vlm = bench_vlm(frames, url, args.latency, levels, "in-process")
         if not args.no_ray:
             import ray
 
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            vlm += bench_vlm(frames, url, args.latency, levels, ray_actor=True)
+            vlm += bench_vlm(frames, url, args.latency, levels, "ray")
+            # one Python client tops out near 100 requests/s: --workers splits the load over processes
+            vlm += bench_vlm(frames, url, args.latency, [max(levels)], "ray", n_actors=2)
             ray.shutdown()
     print(f"VLM labels/s, single-stage, {args.latency * 1000:.0f} ms injected latency "
           f"(ratio = labels/s / (concurrency / latency), target >= 0.9; load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs)")
     print(table(vlm))
     clip = bench_clip(frames, args.clip_model, args.clip_frames, args.clip_batch)
-    print(f"\nCLIP frames/s on {'cuda' if __import__('torch').cuda.is_available() else 'cpu'} "
+    print(f"\nCLIP frames/s on {'cuda' if pick_device('auto') == 'cuda' else 'cpu (1 thread)'} "
           f"(84x84 frames; ratio vs one at a time)")
     print(table(clip))
     if args.json:

@@ -196,15 +196,19 @@ class VLMLabeler(Labeler):
     async def complete(self, messages: list[dict], usage: dict) -> str:
         """One chat completion with retries; returns the reply text ('' if the reply had none)."""
         import openai
+        from openai.types.chat import ChatCompletion
 
         last = ""
         for attempt in range(self.cfg.max_retries + 1):
             await self._throttle()
             usage["attempts"] += 1
             try:
-                resp = await self._client.chat.completions.create(
-                    model=self.cfg.model, messages=messages, temperature=self.cfg.temperature,
-                    max_tokens=self.cfg.max_tokens)
+                # the client's documented raw `post` (same errors, parsing and auth as
+                # chat.completions.create) skips its per-field TypedDict transform of the messages,
+                # ~2 ms of CPU per request with two base64 images: the throughput limit at high concurrency
+                resp = await self._client.post("/chat/completions", cast_to=ChatCompletion, body={
+                    "model": self.cfg.model, "messages": messages, "temperature": self.cfg.temperature,
+                    "max_tokens": self.cfg.max_tokens})
             except openai.APIStatusError as err:
                 if err.status_code != 429 and err.status_code < 500:  # a bad request: retrying cannot help
                     raise RequestFailed(f"HTTP {err.status_code} from {self.cfg.base_url}: {err.message}") from None
