@@ -67,8 +67,11 @@ def lift_policy(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lift")
     collect(CollectConfig(task="lift", tier="expert", episodes=2, horizon=15, out=str(root / "lift.zarr")))
+    # evaluation rollouts during training (one episode at steps 10 and 20) keep the best checkpoint
     info = train(TrainConfig(dataset=str(root / "lift.zarr"), out=str(root / "bc"), algo="bc", steps=20,
-                             hidden=(32, 32), log_every=10, device="cpu"))
+                             hidden=(32, 32), log_every=10, device="cpu", eval_every=10, eval_episodes=1))
+    assert [e["step"] for e in info["evals"]] == [10, 20] and (root / "bc" / "best.pt").exists()
+    assert (root / "bc" / "eval" / "step_20" / "eval_info.json").exists()
     return info["checkpoint"]
 
 

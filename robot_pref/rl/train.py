@@ -214,10 +214,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 result = _evaluate(cfg, last, step)
                 evals.append({"step": step, "success_rate": result["success_rate"], "ci": result["ci"],
                               "mean_return": result["mean_return"]})
-                if best is None or (result["success_rate"], result["mean_return"]) > (best["success_rate"],
-                                                                                         best["mean_return"]):
-                    best = evals[-1]
-                    save(last)  # record the new best inside the checkpoint too
+                improved = best is None or result["success_rate"] > best["success_rate"]
+                best = evals[-1] if improved else best
+                save(last)  # with this evaluation recorded
+                if improved:
                     shutil.copyfile(last, out / "best.pt")
                 bar.write(f"step {step}: success {100 * result['success_rate']:.0f}% "
                           f"(95% CI {100 * result['ci'][0]:.0f}-{100 * result['ci'][1]:.0f})")
