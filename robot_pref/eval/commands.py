@@ -18,4 +18,4 @@ def register(sub) -> None:
     from robot_pref.eval.rollout import EvalConfig
 
     add_command(sub, "eval", EvalConfig, evaluate,
-                help="Roll a policy out in the simulator: success rate with a 95% CI, returns, videos")
+                help="Roll a policy out in the simulator: success rate with a Wilson interval, returns, videos")
