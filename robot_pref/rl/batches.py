@@ -62,10 +62,17 @@ class TransitionBatches:
         self.n_transitions = len(valid)
         self._idx = np.asarray(valid, np.int64)
         self.valid = torch.as_tensor(self._idx, device=device)
-        self.lowdim = {k: v.to(device) for k, v in lowdim.items()}
-        self.action = action.to(device)
-        self.reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
-        self.done = torch.as_tensor(done, dtype=torch.float32, device=device)
+        # one row per frame t: [obs_t | obs_t+1 | a_t | r_t | d_t] for every low-dim key, so a batch is
+        # one gather and the fields are column views (a dozen kernels fewer per step)
+        lowdim = {k: v.to(device) for k, v in lowdim.items()}
+        columns = list(lowdim.values()) + [torch.roll(v, -1, 0) for v in lowdim.values()] + [
+            action.to(device), torch.as_tensor(reward, dtype=torch.float32, device=device)[:, None],
+            torch.as_tensor(done, dtype=torch.float32, device=device)[:, None]]
+        self.table = torch.cat(columns, 1)
+        widths = [c.shape[1] for c in columns]
+        bounds = np.cumsum([0] + widths)
+        self._slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.lowdim_keys = tuple(lowdim)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.frame_keys = tuple(frame_keys)
         self._read_frames = read_frames
@@ -98,13 +105,13 @@ class TransitionBatches:
             frames: dict[str, torch.Tensor] = {}
         else:
             i, frames = self._next_frames(step)
-        j = i + 1
-        obs = {k: v[i] for k, v in self.lowdim.items()}
-        next_obs = {k: v[j] for k, v in self.lowdim.items()}
+        rows = self.table[i]
+        cols = [rows[:, sl] for sl in self._slices]
+        n = len(self.lowdim_keys)
+        obs, next_obs = dict(zip(self.lowdim_keys, cols[:n])), dict(zip(self.lowdim_keys, cols[n:2 * n]))
         for key in self.frame_keys:
             obs[key], next_obs[key] = frames[key][0], frames[key][1]
-        return {"obs": obs, "next_obs": next_obs, "action": self.action[i], "reward": self.reward[i],
-                "done": self.done[i]}
+        return {"obs": obs, "next_obs": next_obs, "action": cols[-3], "reward": cols[-2][:, 0], "done": cols[-1][:, 0]}
 
     def _frame_indices(self, step: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, step])

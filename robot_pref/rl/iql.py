@@ -37,6 +37,7 @@ class IQL(Learner):
         self.gamma, self.expectile, self.beta, self.max_weight, self.polyak = gamma, expectile, beta, max_weight, polyak
         self.q = TwinQ(d, act_dim, hidden)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self._target_params, self._online_params = list(self.q_target.parameters()), list(self.q.parameters())
         self.v = ValueNet(d, hidden)
         self.actor = Actor(d, act_dim, hidden, actor)
         critic = list(self.obs_model.parameters()) + list(self.q.parameters()) + list(self.v.parameters())
@@ -66,10 +67,11 @@ class IQL(Learner):
         weight = torch.exp(self.beta * adv.detach()).clamp(max=self.max_weight)
         actor_loss = (weight * self.actor.nll(s.detach(), a)).mean()
 
+        # unreduced V and advantages: averaged only on the steps that get logged
         logs = {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "actor_loss": actor_loss.detach(),
-                "v_mean": v.detach().mean(), "adv_mean": adv.detach().mean()}
+                "v_mean": v.detach(), "adv_mean": adv.detach()}
         return v_loss + q_loss + actor_loss, logs
 
     @torch.no_grad()
     def after_step(self) -> None:
-        torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q.parameters()), self.polyak)
+        torch._foreach_lerp_(self._target_params, self._online_params, self.polyak)

@@ -77,7 +77,8 @@ class Learner(nn.Module):
         """Hook after the optimizer step (IQL: target networks)."""
 
     def update(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """One gradient step. Returns detached loss tensors (no host sync: call .item() only when logging)."""
+        """One gradient step. Returns detached tensors (losses, per-sample statistics); reduce and read them
+        only on the steps that get logged, so no step waits for a host sync."""
         loss, logs = self._losses(batch, generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -44,7 +44,9 @@ class EnsembleLinear(nn.Module):
         if x.device.type == "cuda":
             return torch.baddbmm(self.bias, x, self.weight)
         # on CPU, MKL's plain gemm per member beats its batched gemm at these sizes (tools/bench_iql.py)
-        return torch.stack([torch.addmm(self.bias[i, 0], x[i], self.weight[i]) for i in range(len(self.weight))])
+        # (unbind, not indexing: the backward of an index fills a zero tensor per member)
+        return torch.stack([torch.addmm(b, xi, w) for b, xi, w in zip(self.bias.unbind(0), x.unbind(0),
+                                                                      self.weight.unbind(0))])
 
 
 class TwinQ(nn.Module):

@@ -202,7 +202,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 now = time.perf_counter()
                 row = {"step": step, "wall_s": round(wall + now - t0, 3),
                        "updates_per_s": round((step - step_log) / (now - t_log), 2),
-                       **{k: float(v) for k, v in logs.items()},
+                       **{k: float(v.mean()) for k, v in logs.items()},
                        "actor_lr": learner.scheduler.get_last_lr()[-1]}
                 t_log, step_log = now, step
                 csv_log.write(row)
@@ -230,7 +230,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     wall_s = wall + time.perf_counter() - t0
     info = {"algo": cfg.algo, "reward_key": cfg.reward_key, "dataset": cfg.dataset, "steps": step,
             "wall_s": round(wall_s, 2), "device": str(device), "transitions": batches.n_transitions,
-            "last_losses": {k: float(v) for k, v in logs.items()},
+            "last_losses": {k: float(v.mean()) for k, v in logs.items()},
             "evals": evals, "best": best, "checkpoint": str(last)}
     (out / "train_info.json").write_text(json.dumps(info, indent=2))
     return info
