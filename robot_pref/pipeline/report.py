@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,15 @@ def _learning_curves(run_dir: Path, policies: list[str]) -> str | None:
     return out.name
 
 
-def write_report(cfg: Any, run_dir: Path) -> dict:
+def write_report(cfg: Any, run_dir: Path, stage_names: list[str]) -> dict:
     """Collect the numbers of a (resolved) run into report.json, report.md and report.html."""
     from robot_pref.data import TrajectoryDataset
 
-    stages = {p.stem: _read_json(p) for p in sorted((run_dir / "stages").glob("*.json"))}
+    stages = {name: _read_json(run_dir / "stages" / f"{name}.json") for name in stage_names}
+
+    def link(path: Path) -> str:  # relative, so the run directory can be moved or served as is
+        return os.path.relpath(path, run_dir)
+
     dataset = TrajectoryDataset.open(cfg.dataset).summary()
     labels = _read_json(Path(cfg.label.out) / "label_report.json")
     reward = _read_json(Path(cfg.fit_reward.out) / "eval.json")
@@ -91,19 +96,19 @@ def write_report(cfg: Any, run_dir: Path) -> dict:
            f"| {quality.get('pairs', '-')} | {_pct(quality.get('accuracy'))} | {_pct(quality.get('abstention_rate'))} "
            f"| {_num(cost.get('total_cost_usd'), '.4f')} |"]
     if (Path(cfg.label.out) / "label_report.png").exists():
-        md += ["", f"![label accuracy by true-reward gap]({Path(cfg.label.out).resolve() / 'label_report.png'})"]
+        md += ["", f"![label accuracy by true-reward gap]({link(Path(cfg.label.out) / 'label_report.png')})"]
     md += ["", "## Reward model", "", "| held-out label accuracy | held-out true-order accuracy | Spearman | Pearson "
            "| Spearman within episode |", "|---:|---:|---:|---:|---:|",
            f"| {_pct(reward.get('val_accuracy'))} | {_pct(reward.get('val_true_order_accuracy'))} "
            f"| {_num(reward.get('spearman'))} | {_num(reward.get('pearson'))} "
            f"| {_num(reward.get('spearman_within_episode'))} |"]
     if (Path(cfg.fit_reward.out) / "eval.png").exists():
-        md += ["", f"![learned vs true reward along episodes]({Path(cfg.fit_reward.out).resolve() / 'eval.png'})"]
+        md += ["", f"![learned vs true reward along episodes]({link(Path(cfg.fit_reward.out) / 'eval.png')})"]
     md += ["", "## Policies", "", "| policy | success | 95% CI | mean true return | episodes | videos |",
            "|---|---:|---:|---:|---:|---|"]
     for policy, info in policies.items():
         ci = info.get("ci") or [None, None]
-        videos = ", ".join(f"[{Path(v).name}]({v})" for v in info.get("videos", [])[:3]) or "-"
+        videos = ", ".join(f"[{Path(v).name}]({link(Path(v))})" for v in info.get("videos", [])[:3]) or "-"
         md.append(f"| {policy} | {_pct(info.get('success_rate'))} | {_pct(ci[0])} – {_pct(ci[1])} "
                   f"| {_num(info.get('mean_return'), '.1f')} | {info.get('episodes', '-')} | {videos} |")
     if curves:

@@ -43,6 +43,8 @@ class RunConfig:
     gpus: float = field(default=0.0, metadata={
         "help": "GPUs Ray reserves for each fit_reward / train stage, run as a Ray task on a GPU node (0 = in this "
                 "process, on its CUDA device if it has one)"})
+    stop_after: str = field(default="", metadata={
+        "help": "stop after this stage (e.g. label, fit_reward); the report covers what has run"})
     checkpoint: Literal["last", "best"] = field(default="last", metadata={
         "help": "policy checkpoint to evaluate: last, or best by the training-time evaluations (needs train.eval_every)"})
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -173,6 +175,11 @@ def run_pipeline(cfg: RunConfig) -> dict:
     results: dict[str, dict] = {}
     invalidated = False
     stages = build_stages(cfg)
+    names = [s.name for s in stages]
+    if cfg.stop_after:
+        if cfg.stop_after not in names:
+            raise ValueError(f"stop_after={cfg.stop_after!r} is not a stage of this run; stages: {names}")
+        stages = stages[: names.index(cfg.stop_after) + 1]
     print(f"run {cfg.name}: {len(stages)} stages -> {run_dir}")
     for i, stage in enumerate(stages, 1):
         marker = run_dir / "stages" / f"{stage.name}.json"
@@ -196,7 +203,7 @@ def run_pipeline(cfg: RunConfig) -> dict:
         _write_json(marker, {"stage": stage.name, "fingerprint": fingerprint, "seconds": seconds,
                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "result": result})
         print(f"{head} done in {seconds:.1f}s", flush=True)
-    report = write_report(cfg, run_dir)
+    report = write_report(cfg, run_dir, [s.name for s in stages])
     print(f"report: {run_dir / 'report.md'}")
     return report
 

@@ -1,0 +1,152 @@
+"""The whole pipeline on a tiny Lift run: end to end, kill -9 and resume, and `ray job submit`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "collect.episodes=4", "collect.horizon=30", "render.size=48", "render.actors=1", "label.pairs=150",
+    "fit_reward.epochs=3", "fit_reward.ensemble=2", "train.steps=60", "train.log_every=20",
+    "train.save_every=20", "eval.episodes=1", "eval.workers=1", "eval.max_steps=30",
+]
+
+
+def _cmd(run_dir: Path, *extra: str) -> list[str]:
+    sets = [f"--set={kv}" for kv in [f"run_dir={run_dir}", *TINY, *extra]]
+    return [sys.executable, "-m", "robot_pref", "run", str(REPO / "configs/quickstart.yaml"), *sets]
+
+
+def _env() -> dict:
+    env = dict(os.environ, MUJOCO_GL="egl", PYTHONUNBUFFERED="1", RAY_ADDRESS="")
+    env.pop("RAY_ADDRESS")
+    return env
+
+
+@pytest.mark.slow
+def test_quickstart_killed_mid_stage_resumes_and_reports(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(run_dir), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    try:
+        for line in proc.stdout:  # kill -9 as soon as the first training stage starts
+            seen.append(line)
+            if "train_iql-learned" in line and "running" in line:
+                time.sleep(3)
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log = "".join(seen)
+    assert "train_iql-learned" in log, log[-3000:]
+    finished = sorted(p.stem for p in (run_dir / "stages").glob("*.json"))
+    assert finished == ["collect", "fit_reward", "label", "label_report", "relabel", "render"]
+
+    out = subprocess.run(_cmd(run_dir), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for stage in finished:  # nothing finished is redone
+        assert f"{stage:<18} skipped" in out.stdout, out.stdout
+    assert "train_iql-learned  running" in out.stdout
+
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["dataset"]["episodes"] == 4 and report["dataset"]["frames"] == 4 * 30
+    assert set(report["policies"]) == {"iql-learned", "iql-true", "bc"}
+    for info in report["policies"].values():
+        assert info["episodes"] == 1 and 0.0 <= info["success_rate"] <= 1.0
+        assert all((run_dir / os.path.relpath(v, run_dir)).exists() for v in info["videos"])
+    assert report["labels"]["quality"]["pairs"] == 150
+    assert report["labels"]["quality"]["accuracy"] > 0.75  # mistake teacher at eps 0.1
+    assert report["reward"]["val_true_order_accuracy"] is not None
+    md = (run_dir / "report.md").read_text()
+    assert "| iql-learned |" in md and "| bc |" in md
+    for target in ("labels/label_report.png", "reward/eval.png", "learning_curves.png"):
+        assert (run_dir / target).exists() and f"({target})" in md
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["label"]["pairs"] == 150 and saved["dataset"] == str(run_dir / "dataset.zarr")
+
+    again = subprocess.run(_cmd(run_dir), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("skipped") == 12, again.stdout
+
+
+def test_changed_stage_config_reruns_it_and_later_stages(tmp_path):
+    from robot_pref.pipeline.run import RunConfig, _fingerprint
+
+    base = RunConfig(name="x").resolved()
+    changed = RunConfig(name="x", label=RunConfig().label.__class__(pairs=7)).resolved()
+    assert _fingerprint(base.collect) == _fingerprint(changed.collect)
+    assert _fingerprint(base.label) != _fingerprint(changed.label)
+    assert changed.fit_reward.labels == str(Path("runs/x/labels"))
+
+
+def test_unknown_override_names_the_field(tmp_path):
+    out = subprocess.run(_cmd(tmp_path / "r", "label.paris=3"), cwd=REPO, env=_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1
+    assert "paris" in out.stderr and "pairs" in out.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_against_local_head(tmp_path):
+    """`ray job submit` of a tiny run (stopping after label) to a head started on loopback."""
+    bin_dir = Path(sys.executable).parent
+    env = _env()
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    env["RAY_AUTH_MODE"] = "token"  # Ray >= 2.5x heads require a token; the CLI reads ~/.ray/auth_token
+    # every port explicit: Ray's fixed defaults (agent 52365, client 10001) may be taken by other Rays
+    ports = {flag: _free_port() for flag in ("port", "dashboard-port", "dashboard-agent-listen-port",
+                                             "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                                             "metrics-export-port", "ray-client-server-port")}
+    dash = ports["dashboard-port"]
+    ray_tmp = tempfile.mkdtemp(prefix="rp-ray-", dir="/tmp")  # Ray's unix socket paths must stay < 108 bytes
+    head = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", *[f"--{k}={v}" for k, v in ports.items()],
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
+         f"--temp-dir={ray_tmp}"],
+        env=env, stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        address = f"http://127.0.0.1:{dash}"
+        run_dir = tmp_path / "job_run"
+        job = None
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and head.poll() is None:  # the dashboard and its job agent take a while to come up
+            job = subprocess.run(
+                [str(bin_dir / "ray"), "job", "submit", f"--address={address}", "--working-dir", str(REPO),
+                 "--runtime-env", str(REPO / "configs/ray_runtime_env.yaml"), "--",
+                 "python", "-m", "robot_pref", "run", "configs/quickstart.yaml",
+                 *[f"--set={kv}" for kv in [f"run_dir={run_dir}", *TINY, "stop_after=label"]]],
+                cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+            not_ready = ("Failed to connect", "No available agent", "Connection refused", "Connection aborted")
+            if job.returncode == 0 or not any(m in job.stdout + job.stderr for m in not_ready):
+                break
+            time.sleep(2)
+        assert job.returncode == 0, (job.stdout[-3000:] + job.stderr[-3000:]
+                                     + "\nhead:\n" + (tmp_path / "head.log").read_text()[-3000:])
+        assert "succeeded" in job.stdout.lower()
+        assert (run_dir / "stages" / "label.json").exists()
+        assert not (run_dir / "stages" / "fit_reward.json").exists()
+        assert json.loads((run_dir / "stages" / "collect.json").read_text())["result"]["episodes"] == 4
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
