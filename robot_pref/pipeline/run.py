@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from robot_pref.data.dataset import frame_key as make_frame_key
 from robot_pref.envs.commands import CollectConfig
 from robot_pref.eval.rollout import EvalConfig
 from robot_pref.feedback.config import LabelConfig
@@ -59,8 +60,7 @@ class RunConfig:
         """The config with every path and shared setting made explicit (this is what is saved)."""
         run_dir = self.run_dir or f"runs/{self.name}"
         dataset = self.dataset or str(Path(run_dir) / "dataset.zarr")
-        frame_key = f"{self.render.camera}_{self.render.size}" if self.render.height is None and \
-            self.render.width is None else f"{self.render.camera}_{self.render.shape[0]}x{self.render.shape[1]}"
+        frame_key = make_frame_key(self.render.camera, *self.render.shape)
         labels = str(Path(run_dir) / "labels")
         reward_dir = str(Path(run_dir) / "reward")
         r = dataclasses.replace
