@@ -44,7 +44,6 @@ def test_quickstart_killed_mid_stage_resumes_and_reports(tmp_path):
         for line in proc.stdout:  # kill -9 as soon as the first training stage starts
             seen.append(line)
             if "train_iql-learned" in line and "running" in line:
-                time.sleep(3)
                 break
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -133,14 +133,16 @@ def test_keyboard_teleop_in_a_real_terminal(tmp_path):
     def wait_for(text: bytes, timeout: float = 60.0):
         nonlocal seen
         end = time.monotonic() + timeout
-        while text not in seen and time.monotonic() < end and proc.poll() is None:
-            import select
+        import select
 
+        while text not in seen and time.monotonic() < end:
             if select.select([leader], [], [], 0.1)[0]:
                 try:
                     seen += os.read(leader, 4096)
-                except OSError:
+                except OSError:  # the terminal closed: the process exited and all it wrote was read
                     break
+            elif proc.poll() is not None:  # exited and nothing left to read
+                break
         assert text in seen, seen.decode(errors="replace")[-500:]
 
     try:
