@@ -35,6 +35,19 @@ import numpy as np
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
+
+def _load_torch_llvm_first() -> None:
+    """Load torch's compiler stack (and its LLVM) before Mesa's EGL brings another LLVM.
+
+    In one process, creating a software-EGL renderer and *then* letting torch import triton (its
+    optimizers do, on first use) segfaults: two LLVMs collide. Loading torch's side first is safe, and
+    the pipeline, eval and rollout all render and train in one process.
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except ImportError:  # torch is optional for rendering alone
+        pass
+
 PROPRIO_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 
@@ -276,6 +289,7 @@ class TaskEnv:
 
         key = (height, width, multisample)
         if key not in self._renderers:
+            _load_torch_llvm_first()
             model = self._env.sim.model._model
             model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
             model.vis.global_.offheight = max(model.vis.global_.offheight, height)
