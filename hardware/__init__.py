@@ -8,6 +8,8 @@
 Names load lazily, so importing the package (as the CLI does) pulls in neither MuJoCo nor ZeroMQ.
 """
 
+from robot_pref.lazy import lazy_exports
+
 _EXPORTS = {
     "Robot": "robot_pref.hardware.interface",
     "RobotInfo": "robot_pref.hardware.interface",
@@ -26,12 +28,4 @@ _EXPORTS = {
     "rollout": "robot_pref.hardware.rollout",
     "teleop": "robot_pref.hardware.teleop",
 }
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'robot_pref.hardware' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

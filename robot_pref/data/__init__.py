@@ -3,7 +3,7 @@
 Names are imported on first use, so `robot-pref --help` does not pay for zarr.
 """
 
-import importlib
+from robot_pref.lazy import lazy_exports
 
 _EXPORTS = {
     "Episode": "robot_pref.data.dataset",
@@ -12,11 +12,4 @@ _EXPORTS = {
     "frame_key": "robot_pref.data.dataset",
     "BatchSampler": "robot_pref.data.sampler",
 }
-
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'robot_pref.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
