@@ -36,6 +36,8 @@ class TrainConfig:
     image_feature_dim: int = 64
     image_shift: int = field(default=4, metadata={"help": "random-shift augmentation in pixels (0 = off)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the losses (pays off for long runs)"})
+    cuda_graph: bool = field(default=True, metadata={
+        "help": "on CUDA, replay the whole update as one CUDA graph (low-dim observations; eager on CPU)"})
     threads: int = field(default=1, metadata={
         "help": "torch CPU threads; 1 suits 256-wide MLPs (on a busy 2-core machine 2 threads ran ~50x slower), "
                 "0 = torch's default"})

@@ -7,14 +7,17 @@ all parameter groups equals separate per-network steps, at a fraction of the per
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from robot_pref.rl.networks import ImageEncoder
+
+log = logging.getLogger(__name__)
 
 
 class ObsModel(nn.Module):
@@ -50,8 +53,14 @@ class ObsModel(nn.Module):
 
 
 def cosine(total_steps: int):
-    """lr multiplier decaying from 1 to 0 over ``total_steps`` (CORL's CosineAnnealingLR on the actor)."""
-    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    """lr multiplier decaying from 1 to 0 over ``total_steps`` (CORL's CosineAnnealingLR on the actor).
+
+    Takes an int step (LambdaLR, eager) or a float64 step tensor (the schedule inside a CUDA graph)."""
+    def multiplier(step):
+        if isinstance(step, torch.Tensor):
+            return 0.5 * (1.0 + torch.cos(math.pi * step.clamp(max=total_steps) / max(total_steps, 1)))
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return multiplier
 
 
 class Learner(nn.Module):
@@ -79,19 +88,115 @@ class Learner(nn.Module):
     def update(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """One gradient step. Returns detached tensors (losses, per-sample statistics); reduce and read them
         only on the steps that get logged, so no step waits for a host sync."""
+        logs = self._gradient_step(batch, generator)
+        self.scheduler.step()
+        return logs
+
+    def _gradient_step(self, batch: dict, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         loss, logs = self._losses(batch, generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.scheduler.step()
         self.after_step()
         return logs
 
+    def graphed_update(self, sample: Callable[[], dict], generators: tuple[torch.Generator, ...]
+                       ) -> Callable[[], dict[str, torch.Tensor]] | None:
+        """`update(sample())` as one CUDA graph replay (see `CudaGraphUpdate`); None (and a log line saying
+        why) when capture fails, so the caller keeps the eager update."""
+        try:
+            return CudaGraphUpdate(self, sample, generators)
+        except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly
+            log.warning("CUDA graph capture failed, training eagerly: %s: %s", type(e).__name__, e)
+            return None
+
+    def lr(self) -> float:
+        """Learning rate of the last parameter group (the actor's); a host sync when it lives on the GPU."""
+        return float(self.optimizer.param_groups[-1]["lr"])
+
     def train_state(self) -> dict[str, Any]:
-        return {"model": self.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+        # checkpoints hold what an eager run holds (a graphed run keeps lr in a device tensor): they resume anywhere
+        optimizer, scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
+        for group in optimizer["param_groups"]:
+            group["lr"], group["capturable"] = float(group["lr"]), False
+        scheduler["_last_lr"] = [base * float(f(scheduler["last_epoch"]))
+                                 for base, f in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
+        return {"model": self.state_dict(), "optimizer": optimizer, "scheduler": scheduler}
 
     def load_train_state(self, state: Mapping[str, Any]) -> None:
+        """Load in place; a CUDA graph captured before this reads stale optimizer state: capture a new one."""
         self.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+class CudaGraphUpdate:
+    """The whole update (batch gather, losses, backward, fused Adam, target update, lr schedule) as one CUDA
+    graph, replayed each step: an eager update launches ~150 small kernels and leaves the GPU waiting on them.
+
+    PyTorch's recipe: a few warm-up steps on a side stream, capture, replay. Whatever changes between
+    steps lives in device tensors the graph updates: batch indices come from the batches' CUDA generator
+    (registered with the graph, so each replay advances its offset as an eager step does and its state
+    saves and resumes as before), Adam's step counts (``capturable=True``), and the learning rates
+    (tensors, set in the graph from a step counter by the scheduler's own multipliers). The warm-up
+    steps are undone (parameters, Adam state and generators restored), so replays repeat the eager run.
+    The returned logs are the graph's static outputs, overwritten by each replay.
+    """
+
+    def __init__(self, learner: Learner, sample: Callable[[], dict], generators: tuple[torch.Generator, ...],
+                 warmup: int = 3):
+        self.learner = learner
+        opt, sched = learner.optimizer, learner.scheduler
+        device = next(learner.parameters()).device
+        groups = [(g["lr"], g["capturable"]) for g in opt.param_groups]
+        model = {k: v.clone() for k, v in learner.state_dict().items()}
+        adam = {p: {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
+        rng = [g.get_state() for g in generators]
+        captured = False
+        try:
+            for g in opt.param_groups:
+                g["lr"], g["capturable"] = torch.tensor(float(g["lr"]), device=device), True
+            self.t = torch.tensor(float(sched.last_epoch), dtype=torch.float64, device=device)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    learner._gradient_step(sample(), None)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            for g in generators:
+                self.graph.register_generator_state(g)
+            opt.zero_grad(set_to_none=True)
+            with torch.cuda.graph(self.graph):
+                self.logs = learner._gradient_step(sample(), None)
+                self.t += 1  # scheduler.step(), on the device
+                for g, base, f in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+                    value = base * f(self.t)
+                    if isinstance(value, torch.Tensor):
+                        g["lr"].copy_(value)
+                    else:
+                        g["lr"].fill_(value)
+            captured = True
+        finally:  # capture runs nothing; undo the warm-up steps
+            with torch.no_grad():
+                for k, v in learner.state_dict().items():
+                    v.copy_(model[k])
+                for p, s in list(opt.state.items()):
+                    if p in adam:
+                        for k, v in s.items():
+                            v.copy_(adam[p][k])
+                    elif captured:  # fresh Adam state is all zeros (the graph holds these tensors)
+                        for v in s.values():
+                            v.zero_()
+                    else:
+                        del opt.state[p]
+                if not captured:
+                    for g, (lr, capturable) in zip(opt.param_groups, groups):
+                        g["lr"], g["capturable"] = lr, capturable
+                for g, state in zip(generators, rng):
+                    g.set_state(state)
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        self.graph.replay()
+        self.learner.scheduler.last_epoch += 1  # the host's copy of the step, for checkpoints
+        return self.logs

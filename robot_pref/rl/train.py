@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # fields that may change between a run and its resumption without changing the result
 RESUMABLE_CHANGES = {"out", "log_every", "save_every", "eval_every", "eval_episodes", "eval_workers", "overwrite",
-                     "threads", "compile"}
+                     "threads", "compile", "cuda_graph"}
 
 
 def _frame_size(ds: TrajectoryDataset, key: str) -> int:
@@ -93,6 +93,20 @@ def make_learner(cfg: TrainConfig, obs_model: ObsModel, act_dim: int) -> Learner
     if cfg.algo == "bc":
         return BC(obs_model, act_dim, **common)
     raise ValueError(f"unknown algo {cfg.algo!r}; choose iql or bc")
+
+
+def make_update(cfg: TrainConfig, learner: Learner, batches: TransitionBatches, device: torch.device):
+    """step -> logs of one update: a CUDA graph replay when ``cfg.cuda_graph`` holds on a GPU and the batch is
+    gathered on the device, else the eager update. Call after loading the train state (a graph reads its tensors)."""
+    if cfg.cuda_graph and device.type == "cuda":
+        if batches.frame_keys:
+            log.info("training eagerly: frames come from a host thread, which a CUDA graph cannot replay")
+        else:
+            graphed = learner.graphed_update(lambda: batches.sample(0), (batches.generator,))
+            if graphed is not None:
+                return lambda step: graphed()
+    generator = batches.generator if batches.frame_keys else None  # random-shift augmentation
+    return lambda step: learner.update(batches.sample(step), generator)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -167,7 +181,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ds = TrajectoryDataset.open(cfg.dataset)
     spec, obs_model, batches = prepare(cfg, ds, device)
     learner = make_learner(cfg, obs_model, len(spec["action_low"])).to(device)
-    generator = batches.generator if batches.frame_keys else None  # random-shift augmentation
 
     step, wall, best, evals = 0, 0.0, None, []
     last = out / "last.pt"
@@ -184,6 +197,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step, wall, best, evals = ckpt["step"], ckpt["wall_s"], ckpt["best"], ckpt["evals"]
         log.info("resuming %s from step %d", out, step)
     csv_log = _CsvLog(out / "log.csv", step)
+    update = make_update(cfg, learner, batches, device)
 
     def save(path: Path) -> None:
         save_checkpoint(path, {"policy": spec, "config": dataclasses.asdict(cfg), "step": step,
@@ -195,7 +209,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.algo} {out.name}", unit="step", mininterval=1.0)
     try:
         while step < cfg.steps:
-            logs = learner.update(batches.sample(step), generator)
+            logs = update(step)
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -203,7 +217,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 row = {"step": step, "wall_s": round(wall + now - t0, 3),
                        "updates_per_s": round((step - step_log) / (now - t_log), 2),
                        **{k: float(v.mean()) for k, v in logs.items()},
-                       "actor_lr": learner.scheduler.get_last_lr()[-1]}
+                       "actor_lr": learner.lr()}
                 t_log, step_log = now, step
                 csv_log.write(row)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k.endswith("loss")})
