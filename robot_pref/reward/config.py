@@ -13,6 +13,10 @@ class FitRewardConfig:
     camera: str = field(default="agentview_84", metadata={"help": "frame key (camera_size), e.g. agentview_84"})
     model: Literal["cnn", "resnet18", "clip-head"] = field(
         default="cnn", metadata={"help": "RL-VLM-F CNN, ResNet-18 (random init) or frozen CLIP + trained head"})
+    head: Literal["tanh", "linear"] = field(default="tanh", metadata={
+        "help": "output head: tanh (RL-VLM-F, r in [-1, 1]) or linear (unbounded; saturation-free, see docs/REWARD.md)"})
+    output_l2: float = field(default=0.0, metadata={
+        "help": "weight of a mean r^2 penalty: pins the offset and bounds the scale Bradley-Terry leaves free"})
     out: str = field(default="runs/reward", metadata={"help": "run directory: checkpoint, eval.json, eval.png"})
     ensemble: int = field(default=3, metadata={"help": "ensemble members trained together"})
     ties: Literal["drop", "soft"] = field(

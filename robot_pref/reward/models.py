@@ -1,4 +1,4 @@
-"""Reward networks r(image) -> [-1, 1] and the ensemble that trains K of them at once.
+"""Reward networks r(image) and the ensemble that trains K of them at once.
 
 Three member types (chosen by ``ModelSpec.type``):
 
@@ -7,6 +7,11 @@ Three member types (chosen by ``ModelSpec.type``):
 * ``resnet18``: torchvision's ResNet-18 architecture with random init (no weight download);
 * ``clip-head``: a frozen open_clip image encoder whose features are computed once (and cached by the
   trainer), followed by a small trained MLP head. The CLIP variant is the improvement RL-VLM-F lacks.
+
+Every member ends in an output head (``ModelSpec.head``): ``tanh`` (RL-VLM-F: r in [-1, 1]) or
+``linear`` (unbounded r). Bradley-Terry on tanh outputs caps the logit difference at 2, so noisy labels
+push every clearly ordered frame to +-1 and tanh' then flattens the reward between e.g. "gripper at the
+cube" and "cube lifted" (docs/REWARD.md); the linear head keeps those levels apart.
 
 The K members of an ensemble keep their weights stacked along a leading axis and run in one
 ``torch.func.vmap`` call (for convolutions that is a grouped convolution), so an ensemble of 3 costs
@@ -35,6 +40,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 MODEL_TYPES = ("cnn", "resnet18", "clip-head")
+HEADS = ("tanh", "linear")
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
 CNN_KERNELS, CNN_CHANNELS, CNN_STRIDES = (5, 3, 3, 3), (16, 32, 64, 128), (3, 2, 2, 2)
@@ -46,6 +52,7 @@ class ModelSpec:
 
     type: str = "cnn"
     ensemble: int = 3
+    head: str = "tanh"  # output: tanh (RL-VLM-F, r in [-1, 1]) | linear (unbounded)
     height: int = 84  # frame size the model was trained on
     width: int = 84
     augment: str = "shift"  # none | shift (pad + random crop back to size, DrQ) | crop (random crop, centre at test)
@@ -60,6 +67,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.type not in MODEL_TYPES:
             raise ValueError(f"unknown reward model type {self.type!r}; choose one of {list(MODEL_TYPES)}")
+        if self.head not in HEADS:
+            raise ValueError(f"unknown reward head {self.head!r}; choose one of {list(HEADS)}")
         if self.augment not in ("none", "shift", "crop"):
             raise ValueError(f"augment must be none, shift or crop, got {self.augment!r}")
         if self.ensemble < 1:
@@ -91,8 +100,12 @@ def autocast(device: torch.device):
 
 
 # ---------------------------------------------------------------------------------------- members
-def rlvlmf_cnn(height: int, width: int) -> nn.Module:
-    """The RL-VLM-F reward CNN: 4 unpadded convs + ReLU, flatten, linear, tanh."""
+def output_head(head: str) -> nn.Module:
+    return nn.Tanh() if head == "tanh" else nn.Identity()
+
+
+def rlvlmf_cnn(height: int, width: int, head: str = "tanh") -> nn.Module:
+    """The RL-VLM-F reward CNN: 4 unpadded convs + ReLU, flatten, linear, tanh (or no squashing)."""
     layers: list[nn.Module] = []
     c, h, w = 3, height, width
     for k, ch, s in zip(CNN_KERNELS, CNN_CHANNELS, CNN_STRIDES):
@@ -102,17 +115,17 @@ def rlvlmf_cnn(height: int, width: int) -> nn.Module:
                              "render larger frames (robot-pref render --size 84) or use --model resnet18")
         layers += [nn.Conv2d(c, ch, k, s), nn.ReLU()]
         c = ch
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * h * w, 1), nn.Tanh())
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * h * w, 1), output_head(head))
 
 
-def resnet18() -> nn.Module:
+def resnet18(head: str = "tanh") -> nn.Module:
     import torchvision
 
-    return nn.Sequential(torchvision.models.resnet18(weights=None, num_classes=1), nn.Tanh())
+    return nn.Sequential(torchvision.models.resnet18(weights=None, num_classes=1), output_head(head))
 
 
-def mlp_head(in_dim: int, hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Tanh())
+def mlp_head(in_dim: int, hidden: int, head: str = "tanh") -> nn.Module:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1), output_head(head))
 
 
 def clip_encoder(spec: ModelSpec) -> nn.Module:
@@ -185,12 +198,12 @@ class RewardModel(nn.Module):
             torch.manual_seed(seed)
         self.encoder = clip_encoder(spec) if spec.type == "clip-head" else None
         if spec.type == "cnn":
-            make = lambda: rlvlmf_cnn(*spec.input_size)  # noqa: E731
+            make = lambda: rlvlmf_cnn(*spec.input_size, spec.head)  # noqa: E731
         elif spec.type == "resnet18":
-            make = resnet18
+            make = lambda: resnet18(spec.head)  # noqa: E731
         else:
             dim = self.encoder.output_dim
-            make = lambda: mlp_head(dim, spec.head_hidden)  # noqa: E731
+            make = lambda: mlp_head(dim, spec.head_hidden, spec.head)  # noqa: E731
         self.ensemble = Ensemble([make() for _ in range(spec.ensemble)])
 
     @property

@@ -144,7 +144,8 @@ def validate(model: RewardModel, inputs: InputCache, pairs: Pairs, label_noise: 
 # ---------------------------------------------------------------------------------------- training loop
 def train(model: RewardModel, inputs: InputCache, train_pairs: Pairs, val_pairs: Pairs, cfg: FitRewardConfig,
           progress: bool = True) -> list[dict]:
-    """Adam on the summed per-member BT loss; each member sees its own shuffle of the training pairs.
+    """Adam on the summed per-member BT loss (+ ``output_l2`` * mean r^2); each member sees its own
+    shuffle of the training pairs.
 
     Early stopping on validation accuracy (loss breaks ties); the best weights are restored.
     Returns the per-epoch history.
@@ -172,6 +173,7 @@ def train(model: RewardModel, inputs: InputCache, train_pairs: Pairs, val_pairs:
             with autocast(device):
                 r = model(x, per_member=True, augment=True)  # (K, 2B)
             loss = preference_loss(r[:, :batch], r[:, batch:], y_all[idx].to(device), cfg.label_noise).sum()
+            loss = loss + cfg.output_l2 * r.square().mean(-1).sum()  # BT is shift-invariant: pin r near 0
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -214,8 +216,8 @@ def build_model(cfg: FitRewardConfig, ds: TrajectoryDataset) -> RewardModel:
     if cfg.model == "clip-head" and cfg.clip_config:
         clip_config = json.loads(Path(cfg.clip_config).read_text())
     pretrained = None if cfg.clip_pretrained.lower() in ("", "none") else cfg.clip_pretrained
-    spec = ModelSpec(type=cfg.model, ensemble=cfg.ensemble, height=h, width=w, augment=cfg.augment, pad=cfg.pad,
-                     crop=cfg.crop, clip_model=cfg.clip_model, clip_pretrained=pretrained,
+    spec = ModelSpec(type=cfg.model, ensemble=cfg.ensemble, head=cfg.head, height=h, width=w, augment=cfg.augment,
+                     pad=cfg.pad, crop=cfg.crop, clip_model=cfg.clip_model, clip_pretrained=pretrained,
                      clip_model_config=clip_config, extra={"camera": cfg.camera})
     return RewardModel(spec, seed=cfg.seed).to(resolve_device(cfg.device))
 
