@@ -1,14 +1,17 @@
 """Gradient updates per second of robot_pref's IQL against a straightforward reference and the matmul ceiling.
 
     .venv/bin/python tools/bench_iql.py                      # CPU, 2 threads, obs 17/act 6 and obs 60/act 7
-    .venv/bin/python tools/bench_iql.py --device cuda        # the same on a GPU
+    .venv/bin/python tools/bench_iql.py --device cuda --compile   # on a GPU: eager, compiled, CUDA-graphed
 
 All contenders sample batches of 256 from the same 1M synthetic transitions and run in alternating
 rounds in one process (the machine is shared, so the load drifts; the median round is reported).
 - reference: IQL as usually written (CORL style): separate Q1/Q2/V/actor networks, three Adam
   optimizers and three backward passes per step, a per-parameter Python loop for the target update,
   a device-resident buffer indexed by indices drawn on the host.
-- robot_pref: `robot_pref.rl.iql.IQL` fed by `robot_pref.rl.batches.TransitionBatches`.
+- robot_pref: `robot_pref.rl.iql.IQL` fed by `robot_pref.rl.batches.TransitionBatches`, eager;
+  "compiled" with torch.compile'd losses (--compile), "graphed" with the whole update replayed as one
+  CUDA graph (`Learner.graphed_update`, what `robot-pref train` runs on a GPU; --cuda-graph, on for CUDA),
+  "compiled+graph" both (what `robot-pref train --compile` runs on a GPU).
 - ceiling: only the matrix multiplies one IQL update has to do (forward and backward of every
   linear layer, same shapes), back to back: the speed with zero overhead.
 Image observations (84x84 frames through the conv encoder, frames prefetched by the background
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import os
 import statistics
 import time
@@ -125,7 +129,7 @@ class Ceiling:
 
 
 # ----------------------------------------------------------------------------- robot_pref IQL
-def ours(obs_dim, act_dim, data, device, frames=None, batch_size=256, compile=False):
+def ours(obs_dim, act_dim, data, device, frames=None, batch_size=256, compile=False, cuda_graph=False):
     obs, act, rew, done, _ = data
     n = len(obs)
     keys = {"obs": (np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32))}
@@ -137,6 +141,9 @@ def ours(obs_dim, act_dim, data, device, frames=None, batch_size=256, compile=Fa
     batches = TransitionBatches({"obs": obs}, act, rew.numpy(), done.numpy(), valid, batch_size, device, 0,
                                 tuple(frame_sizes), read)
     gen = batches.generator if frames is not None else None
+    if cuda_graph:
+        graphed = learner.graphed_update(lambda: batches.sample(0), (batches.generator,))
+        return (lambda: graphed()) if graphed is not None else None, batches
     step = [0]
 
     def update():
@@ -168,17 +175,23 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=100, help="updates per contender per round")
     parser.add_argument("--compile", action="store_true", help="also time robot_pref with torch.compile")
+    parser.add_argument("--cuda-graph", default=None, action=argparse.BooleanOptionalAction,
+                        help="also time robot_pref replayed as one CUDA graph (default: on for CUDA)")
     parser.add_argument("--image-steps", type=int, default=10, help="0 skips the image benchmark")
     parser.add_argument("--image-batch", type=int, default=256)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    cuda_graph = device.type == "cuda" if args.cuda_graph is None else args.cuda_graph
+    if cuda_graph and device.type != "cuda":
+        parser.error("--cuda-graph needs --device cuda")
     torch.manual_seed(0)
     np.random.seed(0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"device {device}  threads {torch.get_num_threads()}  load average {load:.1f}  torch {torch.__version__}  "
           f"{args.transitions} transitions, batch 256, {args.rounds} rounds x {args.steps} updates\n")
-    header = f"{'obs/act':<8}{'contender':<22}{'updates/s':>10}{'x reference':>13}{'% ceiling':>11}{'GFLOP/s':>9}"
+    header = f"{'obs/act':<8}{'contender':<27}{'updates/s':>10}{'x reference':>13}{'% ceiling':>11}{'GFLOP/s':>9}"
     print(header)
     print("-" * len(header))
     for obs_dim, act_dim in ((17, 6), (60, 7)):
@@ -194,6 +207,13 @@ def main():
                       "matmul ceiling": ceiling.update}
         if args.compile:
             contenders["robot_pref compiled"] = ours(obs_dim, act_dim, data, device, compile=True)[0]
+        graphed_variants = [("robot_pref graphed", False)] + [("robot_pref compiled+graph", True)] * args.compile
+        for name, compile in graphed_variants if cuda_graph else []:
+            graphed = ours(obs_dim, act_dim, data, device, compile=compile, cuda_graph=True)[0]
+            if graphed is None:
+                print(f"{name}: capture failed (see the warning above); not timed")
+            else:
+                contenders[name] = graphed
         for fn in contenders.values():  # warm-up (and compilation)
             rate(fn, 10, device)
         rates = {k: [] for k in contenders}
@@ -202,7 +222,7 @@ def main():
                 rates[name].append(rate(fn, args.steps, device))
         med = {k: statistics.median(v) for k, v in rates.items()}
         for name, r in med.items():
-            print(f"{obs_dim}/{act_dim:<5}{name:<22}{r:>10.1f}{r / med['reference (CORL-style)']:>12.2f}x"
+            print(f"{obs_dim}/{act_dim:<5}{name:<27}{r:>10.1f}{r / med['reference (CORL-style)']:>12.2f}x"
                   f"{100 * r / med['matmul ceiling']:>10.0f}%{r * ceiling.flops / 1e9:>9.1f}")
     if args.image_steps:
         frames = np.random.default_rng(0).integers(0, 256, (2048, 84, 84, 3), dtype=np.uint8)
