@@ -262,3 +262,38 @@ def test_iql_beats_bc_on_mixed_quality_data(tmp_path):
     d_start = rollout_distance(type("Still", (), {"act": lambda self, s: np.zeros_like(s)})(), np.random.default_rng(1))
     assert d_iql < 0.15, (d_iql, d_bc)
     assert d_iql < 0.5 * d_bc < 0.5 * d_start, (d_iql, d_bc, d_start)
+
+
+# ----------------------------------------------------------------------------- CUDA graph support (CPU-testable parts)
+def test_checkpoint_of_a_graphed_run_resumes_an_eager_one():
+    """A CUDA-graphed run keeps the lr in device tensors set by the schedule on a step tensor; the tensor
+    schedule equals LambdaLR's, and its checkpoint holds plain floats, so it resumes eagerly to the same result."""
+    obs = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    data = (obs, np.zeros((50, 1)), np.ones(50, np.float32), np.zeros(50, np.float32), np.arange(49))
+
+    def run(steps, state=None, tensor_lr=False):
+        torch.manual_seed(0)
+        learner = IQL(identity_obs_model(3), 1, hidden=(16,), total_steps=6)
+        batches = array_batches(*data, batch_size=8)
+        if state:
+            learner.load_train_state(state)
+            batches.load_state_dict(state["sampler"])
+        start = learner.scheduler.last_epoch
+        for step in range(start, start + steps):
+            learner.update(batches.sample(step))
+        if tensor_lr:  # as CudaGraphUpdate leaves the groups: lr tensors set from the step tensor
+            t = torch.tensor(float(learner.scheduler.last_epoch), dtype=torch.float64)
+            groups = zip(learner.optimizer.param_groups, learner.scheduler.base_lrs, learner.scheduler.lr_lambdas)
+            for i, (g, base, f) in enumerate(groups):
+                g["lr"] = torch.as_tensor(base * f(t), dtype=torch.float32)
+                assert float(g["lr"]) == pytest.approx(learner.scheduler.get_last_lr()[i], rel=1e-6)
+        return learner, {**learner.train_state(), "sampler": batches.state_dict()}
+
+    straight, _ = run(5)
+    _, state = run(2, tensor_lr=True)
+    assert all(type(g["lr"]) is float for g in state["optimizer"]["param_groups"])
+    assert state["scheduler"]["_last_lr"] == pytest.approx([3e-4, 3e-4 * 0.5 * (1 + np.cos(np.pi * 2 / 6))])
+    resumed, _ = run(3, state)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert resumed.lr() == pytest.approx(3e-4 * 0.5 * (1 + np.cos(np.pi * 5 / 6)))
