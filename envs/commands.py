@@ -23,14 +23,8 @@ class CollectConfig:
     address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: local)"})
 
 
-def collect(cfg: CollectConfig) -> dict:
-    from robot_pref.envs.collect import collect as run
-
-    return run(cfg)
-
-
 def register(sub) -> None:
     from robot_pref.config import add_command
 
-    add_command(sub, "collect", CollectConfig, collect,
+    add_command(sub, "collect", CollectConfig, "robot_pref.envs.collect:collect",
                 help="Collect scripted episodes (expert/medium/random/mixed) of a simulated task")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import types
 import typing
 from pathlib import Path
@@ -140,10 +141,14 @@ def add_command(
     subparsers: argparse._SubParsersAction,
     name: str,
     cls: type,
-    func: Callable[[Any], Any],
+    func: Callable[[Any], Any] | str,
     help: str,
 ) -> argparse.ArgumentParser:
-    """Register ``robot-pref <name>``: flags from ``cls``, plus ``--config FILE.yaml``."""
+    """Register ``robot-pref <name>``: flags from ``cls``, plus ``--config FILE.yaml``.
+
+    ``func`` may be ``"module:function"``, imported only when the command runs, so registering a
+    command never pays for torch, Ray or MuJoCo.
+    """
     parser = subparsers.add_parser(name, help=help, description=help)
     parser.add_argument("--config", dest="_config", default=None, help="YAML file with the fields below")
     add_dataclass_args(parser, cls)
@@ -152,7 +157,11 @@ def add_command(
         values = load_yaml(args._config) if args._config else {}
         names = _flag_names(cls)
         values.update({k: v for k, v in vars(args).items() if k in names})
-        return func(from_dict(cls, values))
+        cfg = from_dict(cls, values)
+        if isinstance(func, str):
+            module, _, attr = func.partition(":")
+            return getattr(importlib.import_module(module), attr)(cfg)
+        return func(cfg)
 
     parser.set_defaults(_run=run)
     return parser

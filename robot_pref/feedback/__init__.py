@@ -1,18 +1,18 @@
 """robot_pref.feedback: pair samplers, labelers (vlm, clip, teacher, replay) and the label store.
 
 `label(cfg)` and `label_report(cfg)` are the pipeline's entry points; `load_labels(dir)` is what
-the reward room reads.
+the reward room reads. Names load on first use, so the CLI's start-up stays cheap.
 """
 
-from robot_pref.feedback.commands import label, label_report
-from robot_pref.feedback.config import (ClipConfig, LabelConfig, LabelReportConfig, ReplayConfig, TeacherConfig,
-                                        VLMConfig)
-from robot_pref.feedback.labelers import LABELERS, Labeler, Query, register_labeler
-from robot_pref.feedback.samplers import SAMPLERS, PairSampler, make_sampler, register_sampler
-from robot_pref.feedback.store import Answer, LabelSet, LabelStore, load_labels
+from robot_pref.lazy import lazy_exports
 
-__all__ = [
-    "label", "label_report", "load_labels", "LabelSet", "LabelStore", "Answer", "make_sampler", "register_sampler",
-    "PairSampler", "SAMPLERS", "LABELERS", "Labeler", "Query", "register_labeler", "LabelConfig", "LabelReportConfig",
-    "VLMConfig", "ClipConfig", "TeacherConfig", "ReplayConfig",
-]
+_EXPORTS = {
+    "label": "robot_pref.feedback.run",
+    "label_report": "robot_pref.feedback.report",
+    **{name: "robot_pref.feedback.config" for name in
+       ("ClipConfig", "LabelConfig", "LabelReportConfig", "ReplayConfig", "TeacherConfig", "VLMConfig")},
+    **{name: "robot_pref.feedback.labelers" for name in ("LABELERS", "Labeler", "Query", "register_labeler")},
+    **{name: "robot_pref.feedback.samplers" for name in ("SAMPLERS", "PairSampler", "make_sampler", "register_sampler")},
+    **{name: "robot_pref.feedback.store" for name in ("Answer", "LabelSet", "LabelStore", "load_labels")},
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -25,7 +25,7 @@ from robot_pref.eval.rollout import EvalConfig
 from robot_pref.feedback.config import LabelConfig
 from robot_pref.render.render import RenderConfig
 from robot_pref.reward.config import FitRewardConfig, RelabelConfig
-from robot_pref.rl.train import TrainConfig
+from robot_pref.rl.config import TrainConfig
 
 LEARNED_REWARD_KEY = "learned"
 
@@ -108,7 +108,8 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     """The stage list of a resolved config, in order."""
     from robot_pref.envs.collect import collect
     from robot_pref.eval.commands import evaluate
-    from robot_pref.feedback.commands import label, label_report
+    from robot_pref.feedback.report import label_report
+    from robot_pref.feedback.run import label
     from robot_pref.feedback.config import LabelReportConfig
     from robot_pref.render.render import render_dataset
     from robot_pref.reward.commands import fit_reward, relabel
