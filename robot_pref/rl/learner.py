@@ -151,31 +151,32 @@ class CudaGraphUpdate:
         groups = [(g["lr"], g["capturable"]) for g in opt.param_groups]
         model = {k: v.clone() for k, v in learner.state_dict().items()}
         adam = {p: {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
-        rng = [g.get_state() for g in generators]
+        rng = [gen.get_state() for gen in generators]
         captured = False
         try:
             for g in opt.param_groups:
                 g["lr"], g["capturable"] = torch.tensor(float(g["lr"]), device=device), True
             self.t = torch.tensor(float(sched.last_epoch), dtype=torch.float64, device=device)
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(warmup):
-                    learner._gradient_step(sample(), None)
-            torch.cuda.current_stream(device).wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            for g in generators:
-                self.graph.register_generator_state(g)
-            opt.zero_grad(set_to_none=True)
-            with torch.cuda.graph(self.graph):
-                self.logs = learner._gradient_step(sample(), None)
-                self.t += 1  # scheduler.step(), on the device
-                for g, base, f in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
-                    value = base * f(self.t)
-                    if isinstance(value, torch.Tensor):
-                        g["lr"].copy_(value)
-                    else:
-                        g["lr"].fill_(value)
+            with torch.cuda.device(device):  # streams and the capture on the learner's device
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(warmup):
+                        learner._gradient_step(sample(), None)
+                torch.cuda.current_stream().wait_stream(side)
+                self.graph = torch.cuda.CUDAGraph()
+                for gen in generators:
+                    self.graph.register_generator_state(gen)
+                opt.zero_grad(set_to_none=True)
+                with torch.cuda.graph(self.graph):
+                    self.logs = learner._gradient_step(sample(), None)
+                    self.t += 1  # scheduler.step(), on the device
+                    for g, base, f in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+                        value = base * f(self.t)
+                        if isinstance(value, torch.Tensor):
+                            g["lr"].copy_(value)
+                        else:
+                            g["lr"].fill_(value)
             captured = True
         finally:  # capture runs nothing; undo the warm-up steps
             with torch.no_grad():
@@ -193,8 +194,8 @@ class CudaGraphUpdate:
                 if not captured:
                     for g, (lr, capturable) in zip(opt.param_groups, groups):
                         g["lr"], g["capturable"] = lr, capturable
-                for g, state in zip(generators, rng):
-                    g.set_state(state)
+                for gen, state in zip(generators, rng):
+                    gen.set_state(state)
 
     def __call__(self) -> dict[str, torch.Tensor]:
         self.graph.replay()
