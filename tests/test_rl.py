@@ -297,3 +297,40 @@ def test_checkpoint_of_a_graphed_run_resumes_an_eager_one():
     for a, b in zip(straight.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert resumed.lr() == pytest.approx(3e-4 * 0.5 * (1 + np.cos(np.pi * 5 / 6)))
+
+
+def test_failed_cuda_graph_capture_undoes_its_warm_up_and_training_continues_eagerly(monkeypatch, caplog):
+    """Capture runs warm-up steps first; when it then fails (here: no GPU), the learner, its Adam state and
+    the sampler's generator are as before, so the eager run that follows is the one that never tried."""
+    import contextlib
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    class FailingGraph:
+        def register_generator_state(self, generator):
+            raise RuntimeError("no CUDA here")
+
+    for name, fake in {"device": lambda d: contextlib.nullcontext(), "stream": lambda s: contextlib.nullcontext(),
+                       "Stream": Stream, "current_stream": Stream, "CUDAGraph": FailingGraph}.items():
+        monkeypatch.setattr(torch.cuda, name, fake)
+    obs = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    data = (obs, np.zeros((50, 1)), np.ones(50, np.float32), np.zeros(50, np.float32), np.arange(49))
+
+    def run(steps, try_graph_at=None):
+        torch.manual_seed(0)
+        learner = IQL(identity_obs_model(3), 1, hidden=(16,), total_steps=6)
+        batches = array_batches(*data, batch_size=8)
+        for step in range(steps):
+            if step == try_graph_at:
+                assert learner.graphed_update(lambda: batches.sample(0), (batches.generator,)) is None
+            learner.update(batches.sample(step))
+        return learner
+
+    for at in (0, 2):  # fresh Adam state (dropped again) and existing state (restored)
+        tried, straight = run(4, try_graph_at=at), run(4)
+        for a, b in zip(straight.state_dict().values(), tried.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert all(type(g["lr"]) is float and not g["capturable"] for g in tried.optimizer.param_groups)
+    assert "CUDA graph capture failed, training eagerly: RuntimeError: no CUDA here" in caplog.text
