@@ -3,15 +3,17 @@
 #     bash tools/gpu_check_iql.sh
 # (1) the graphed update gives the eager update's parameters, Adam state, lr and sampler state after N steps
 #     with the same seed; resuming a graphed run from its train state gives the uninterrupted run; BC too;
+#     `train()` on a small zarr dataset: graphed == eager, and interrupted + rerun (resume) == uninterrupted;
 # (2) tools/bench_iql.py times eager / compiled / graphed / compiled+graph side by side.
-# Prints one PASS/FAIL line per check and "ALL PASS" at the end; under 4 minutes (60 s + 170 s timeouts).
+# Prints one PASS/FAIL line per check and "ALL PASS" at the end; under 4 minutes (80 s + 150 s timeouts).
 set -u -o pipefail
 PY=${PYTHON:-python3}
 status=0
 
-timeout 60 "$PY" - <<'EOF' || status=1
+timeout 80 "$PY" - <<'EOF' || status=1
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,6 +124,54 @@ try:
     bc_graph_l, bc_graph_b = build("bc")
     run(bc_graph_l, bc_graph_b, STEPS, graph=True)
     compare(f"BC graphed == eager after {STEPS} steps", state(bc_eager_l, bc_eager_b), state(bc_graph_l, bc_graph_b))
+    # `robot-pref train` end to end on a small zarr dataset: graphed == eager, and a graphed run that crashes at
+    # step 120 and is rerun (it resumes from last.pt of step 100) ends exactly where the uninterrupted one ends
+    import tempfile
+
+    from robot_pref.data import Episode, TrajectoryDataset
+    from robot_pref.rl.checkpoint import load_checkpoint
+    from robot_pref.rl.train import train
+
+    tmp = Path(tempfile.mkdtemp())
+    rng = np.random.default_rng(0)
+    ds = TrajectoryDataset.create(tmp / "toy.zarr", obs_dim=OBS, action_dim=ACT, state_dim=2, fps=20, env={"task": "toy"})
+    for i in range(30):
+        ds.append_episode(Episode(obs=rng.normal(size=(20, OBS)).astype(np.float32),
+                                  action=rng.uniform(-1, 1, (20, ACT)).astype(np.float32), state=np.zeros((20, 2)),
+                                  true_reward=rng.normal(size=20).astype(np.float32), task="toy", seed=i))
+    common = dict(dataset=str(tmp / "toy.zarr"), reward_key="true", steps=300, device="cuda", log_every=50,
+                  save_every=100, batch_size=64)
+    train(TrainConfig(out=str(tmp / "eager"), cuda_graph=False, **common))
+    train(TrainConfig(out=str(tmp / "graph"), cuda_graph=True, **common))
+    replay, calls = CudaGraphUpdate.__call__, [0]
+
+    def crashing(self):
+        calls[0] += 1
+        if calls[0] > 120:
+            raise RuntimeError("simulated crash")
+        return replay(self)
+
+    CudaGraphUpdate.__call__ = crashing
+    try:
+        train(TrainConfig(out=str(tmp / "resumed"), cuda_graph=True, **common))
+    except RuntimeError as e:
+        print(f"crashed as planned: {e}")
+    CudaGraphUpdate.__call__ = replay
+    saved = load_checkpoint(tmp / "resumed" / "last.pt")["step"]
+    check("train crashed at step 120", calls[0] == 121 and saved == 100, f"last.pt holds step {saved} (want 100)")
+    train(TrainConfig(out=str(tmp / "resumed"), cuda_graph=True, **common))
+
+    def train_state(run):
+        ckpt = load_checkpoint(tmp / run / "last.pt", dev)
+        tensors = {f"model.{k}": v for k, v in ckpt["model"].items()}
+        for i, s in ckpt["optimizer"]["state"].items():
+            tensors.update({f"adam.{i}.{k}": v for k, v in s.items()})
+        return (tensors, [g["lr"] for g in ckpt["optimizer"]["param_groups"]], ckpt["scheduler"]["last_epoch"],
+                ckpt["sampler"]["generator"])
+
+    compare("train(): graphed == eager (300 steps)", train_state("eager"), train_state("graph"))
+    compare("train(): graphed, crashed at 120, resumed from 100 == uninterrupted", train_state("graph"),
+            train_state("resumed"), tol=1e-5)
 except Exception as e:  # a crash is a failure of the check, with its traceback
     import traceback
 
@@ -131,7 +181,7 @@ sys.exit(1 if failed else 0)
 EOF
 echo
 
-if timeout 170 "$PY" tools/bench_iql.py --device cuda --compile --cuda-graph --rounds 3 --steps 200 --image-steps 0 \
+if timeout 150 "$PY" tools/bench_iql.py --device cuda --compile --cuda-graph --rounds 3 --steps 200 --image-steps 0 \
         2>&1 | tee /tmp/bench_iql_gpu.txt; then
     if grep -q "robot_pref graphed" /tmp/bench_iql_gpu.txt; then
         echo "PASS  benchmark ran (graphed row above; compare its updates/s with robot_pref and the ceiling)"
@@ -139,7 +189,7 @@ if timeout 170 "$PY" tools/bench_iql.py --device cuda --compile --cuda-graph --r
         echo "FAIL  benchmark ran but timed no graphed contender (capture failed: see the warning above)"; status=1
     fi
 else
-    echo "FAIL  benchmark (crashed or ran past 170 s; rows printed above are valid)"; status=1
+    echo "FAIL  benchmark (crashed or ran past 150 s; rows printed above are valid)"; status=1
 fi
 echo
 echo "total ${SECONDS}s"
