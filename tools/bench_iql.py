@@ -142,8 +142,7 @@ def ours(obs_dim, act_dim, data, device, frames=None, batch_size=256, compile=Fa
                                 tuple(frame_sizes), read)
     gen = batches.generator if frames is not None else None
     if cuda_graph:
-        graphed = learner.graphed_update(lambda: batches.sample(0), (batches.generator,))
-        return (lambda: graphed()) if graphed is not None else None, batches
+        return learner.graphed_update(lambda: batches.sample(0), (batches.generator,)), batches  # None: capture failed
     step = [0]
 
     def update():
