@@ -206,9 +206,11 @@ def main():
                       "matmul ceiling": ceiling.update}
         if args.compile:
             contenders["robot_pref compiled"] = ours(obs_dim, act_dim, data, device, compile=True)[0]
+        batches_alive = {}
         graphed_variants = [("robot_pref graphed", False)] + [("robot_pref compiled+graph", True)] * args.compile
         for name, compile in graphed_variants if cuda_graph else []:
-            graphed = ours(obs_dim, act_dim, data, device, compile=compile, cuda_graph=True)[0]
+            # keep the TransitionBatches alive: the graph reads its device tensors by address
+            graphed, batches_alive[name] = ours(obs_dim, act_dim, data, device, compile=compile, cuda_graph=True)
             if graphed is None:
                 print(f"{name}: capture failed (see the warning above); not timed")
             else:
