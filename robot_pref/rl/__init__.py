@@ -5,18 +5,12 @@ comparison, `load_policy(path)` loads a checkpoint for eval/rollout/hardware. Na
 imported lazily so that reading the configs (the CLI does) does not pull in torch.
 """
 
+from robot_pref.lazy import lazy_exports
+
 _EXPORTS = {
     "Policy": "robot_pref.rl.checkpoint",
     "load_policy": "robot_pref.rl.checkpoint",
     "TrainConfig": "robot_pref.rl.config",
     "CompareConfig": "robot_pref.rl.config",
 }
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'robot_pref.rl' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
