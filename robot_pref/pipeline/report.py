@@ -38,16 +38,21 @@ def _learning_curves(run_dir: Path, policies: list[str]) -> str | None:
                 series[policy] = list(csv.DictReader(fh))
     if not series:
         return None
-    columns = sorted({k for rows in series.values() for k in (rows[0] if rows else {})} - {"step", "time_s"})
-    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3), squeeze=False)
-    for ax, col in zip(axes[0], columns):
+    not_learning = {"step", "time_s", "wall_s", "updates_per_s", "actor_lr"}  # bookkeeping, not curves
+    columns = sorted({k for rows in series.values() for k in (rows[0] if rows else {})} - not_learning)
+    ncols = min(3, len(columns))
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 2.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(columns):]:
+        ax.axis("off")
+    for ax, col in zip(axes.flat, columns):
         for policy, rows in series.items():
             pts = [(float(r["step"]), float(r[col])) for r in rows if r.get(col) not in (None, "")]
             if pts:
                 ax.plot(*zip(*pts), label=policy)
         ax.set_title(col)
         ax.set_xlabel("step")
-    axes[0][0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     out = run_dir / "learning_curves.png"
     fig.savefig(out, dpi=90)
