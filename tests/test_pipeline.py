@@ -78,6 +78,15 @@ def test_quickstart_killed_mid_stage_resumes_and_reports(tmp_path):
     again = subprocess.run(_cmd(run_dir), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("skipped") == 12, again.stdout
 
+    # a changed evaluation setting reruns only the evaluations, from scratch
+    shorter = subprocess.run(_cmd(run_dir, "eval.max_steps=20"), cwd=REPO, env=_env(), capture_output=True,
+                             text=True, timeout=600)
+    assert shorter.returncode == 0, shorter.stdout[-3000:] + shorter.stderr[-3000:]
+    for policy in ("iql-learned", "iql-true", "bc"):
+        assert f"{'train_' + policy:<18} skipped" in shorter.stdout
+        assert f"{'eval_' + policy:<18} config changed: rerunning from scratch" in shorter.stdout
+    assert shorter.stdout.count("skipped") == 9
+
 
 def test_changed_stage_config_reruns_it_and_later_stages(tmp_path):
     from robot_pref.pipeline.run import RunConfig, _fingerprint

@@ -5,7 +5,8 @@ outputs to the run directory. A finished stage leaves ``stages/<name>.json`` (it
 and a fingerprint of its config); rerunning the same command skips finished stages and resumes an
 interrupted one through that stage's own resume logic (collect appends the missing episodes,
 render and relabel continue per episode/chunk, label never asks a cached question twice, train
-resumes from its last checkpoint). Changing a stage's config reruns it and every stage after it.
+resumes from its last checkpoint). Changing a stage's config reruns it from scratch (its
+``overwrite`` set), and with it every stage that needs its outputs — not the unrelated ones.
 """
 
 from __future__ import annotations
@@ -89,8 +90,15 @@ POLICIES = {  # name -> (algo, reward key)
 @dataclass
 class Stage:
     name: str
-    config: Any  # what the fingerprint covers
-    run: Callable[[], dict]
+    config: Any  # what the fingerprint covers; passed to ``fn`` (with overwrite=True when rerun afresh)
+    fn: Callable[[Any], dict]
+    needs: tuple[str, ...] = ()  # stages whose outputs this one reads
+
+    def run(self, fresh: bool) -> dict:
+        config = self.config
+        if fresh and dataclasses.is_dataclass(config) and hasattr(config, "overwrite"):
+            config = dataclasses.replace(config, overwrite=True)
+        return self.fn(config)
 
 
 def _fingerprint(config: Any) -> str:
@@ -116,14 +124,16 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     from robot_pref.rl.train import train
 
     stages: list[Stage] = []
+    source: tuple[str, ...] = ()
     if cfg.dataset == str(Path(cfg.run_dir) / "dataset.zarr"):  # no dataset given: collect one
-        stages.append(Stage("collect", cfg.collect, lambda: _collect_remaining(cfg.collect, collect)))
-    stages.append(Stage("render", cfg.render, lambda: render_dataset(cfg.render)))
-    stages.append(Stage("label", cfg.label, lambda: label(cfg.label)))
+        stages.append(Stage("collect", cfg.collect, lambda c: _collect_remaining(c, collect)))
+        source = ("collect",)
+    stages.append(Stage("render", cfg.render, render_dataset, source))
+    stages.append(Stage("label", cfg.label, label, ("render",)))
     report_cfg = LabelReportConfig(dataset=cfg.dataset, labels=cfg.label.out)
-    stages.append(Stage("label_report", report_cfg, lambda: _if_ground_truth(cfg, lambda: label_report(report_cfg))))
-    stages.append(Stage("fit_reward", cfg.fit_reward, lambda: _on_gpu(cfg.gpus, fit_reward, cfg.fit_reward)))
-    stages.append(Stage("relabel", cfg.relabel, lambda: relabel(cfg.relabel)))
+    stages.append(Stage("label_report", report_cfg, lambda c: _if_ground_truth(cfg, lambda: label_report(c)), ("label",)))
+    stages.append(Stage("fit_reward", cfg.fit_reward, lambda c: _on_gpu(cfg.gpus, fit_reward, c), ("label",)))
+    stages.append(Stage("relabel", cfg.relabel, relabel, ("fit_reward",)))
     for policy in cfg.policies:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
@@ -132,8 +142,9 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                                         out=str(Path(cfg.run_dir) / "policies" / policy))
         eval_cfg = dataclasses.replace(cfg.eval, policy=str(Path(train_cfg.out) / f"{cfg.checkpoint}.pt"),
                                        out=str(Path(cfg.run_dir) / "eval" / policy))
-        stages.append(Stage(f"train_{policy}", train_cfg, lambda c=train_cfg: _on_gpu(cfg.gpus, train, c)))
-        stages.append(Stage(f"eval_{policy}", eval_cfg, lambda c=eval_cfg: evaluate(c)))
+        reads = ("relabel",) if reward_key == LEARNED_REWARD_KEY else source
+        stages.append(Stage(f"train_{policy}", train_cfg, lambda c: _on_gpu(cfg.gpus, train, c), reads))
+        stages.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",)))
     return stages
 
 
@@ -150,7 +161,7 @@ def _collect_remaining(cfg: CollectConfig, collect: Callable[[CollectConfig], di
     """Collect up to ``cfg.episodes`` in total, so an interrupted collect continues where it stopped."""
     from robot_pref.data import TrajectoryDataset
 
-    have = TrajectoryDataset.open(cfg.out).n_episodes if Path(cfg.out).exists() else 0
+    have = TrajectoryDataset.open(cfg.out).n_episodes if Path(cfg.out).exists() and not cfg.overwrite else 0
     if have >= cfg.episodes:
         return {"dataset": cfg.out, "episodes": have, "note": "already collected"}
     return collect(dataclasses.replace(cfg, episodes=cfg.episodes - have))
@@ -173,8 +184,6 @@ def run_pipeline(cfg: RunConfig) -> dict:
     (run_dir / "stages").mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "config.json", dataclasses.asdict(cfg))
     _init_ray(cfg.address)
-    results: dict[str, dict] = {}
-    invalidated = False
     stages = build_stages(cfg)
     names = [s.name for s in stages]
     if cfg.stop_after:
@@ -182,25 +191,26 @@ def run_pipeline(cfg: RunConfig) -> dict:
             raise ValueError(f"stop_after={cfg.stop_after!r} is not a stage of this run; stages: {names}")
         stages = stages[: names.index(cfg.stop_after) + 1]
     print(f"run {cfg.name}: {len(stages)} stages -> {run_dir}")
+    ran: set[str] = set()  # stages run in this call: a finished stage that needs one is redone
     for i, stage in enumerate(stages, 1):
         marker = run_dir / "stages" / f"{stage.name}.json"
         fingerprint = _fingerprint(stage.config)
         head = f"[{i}/{len(stages)}] {stage.name:<18}"
-        if marker.exists() and not invalidated:
-            done = json.loads(marker.read_text())
-            if done.get("fingerprint") == fingerprint:
-                results[stage.name] = done["result"]
-                print(f"{head} skipped (done in {done['seconds']:.1f}s earlier)", flush=True)
-                continue
-            print(f"{head} config changed: rerunning it and every later stage", flush=True)
-        if marker.exists():
-            invalidated = True
-            marker.unlink()
+        done = json.loads(marker.read_text()) if marker.exists() else None
+        upstream = sorted(ran.intersection(stage.needs))
+        if done and done.get("fingerprint") == fingerprint and not upstream:
+            print(f"{head} skipped (done in {done['seconds']:.1f}s earlier)", flush=True)
+            continue
+        fresh = done is not None or bool(upstream)  # other config or inputs than its outputs: redo, don't resume
+        if fresh:
+            why = f"{', '.join(upstream)} reran" if upstream else "config changed"
+            print(f"{head} {why}: rerunning from scratch", flush=True)
+            marker.unlink(missing_ok=True)
+        ran.add(stage.name)
         print(f"{head} running ...", flush=True)
         start = time.perf_counter()
-        result = stage.run()
+        result = stage.run(fresh)
         seconds = time.perf_counter() - start
-        results[stage.name] = result
         _write_json(marker, {"stage": stage.name, "fingerprint": fingerprint, "seconds": seconds,
                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "result": result})
         print(f"{head} done in {seconds:.1f}s", flush=True)
