@@ -201,11 +201,12 @@ def run_pipeline(cfg: RunConfig) -> dict:
         if done and done.get("fingerprint") == fingerprint and not upstream:
             print(f"{head} skipped (done in {done['seconds']:.1f}s earlier)", flush=True)
             continue
-        fresh = done is not None or bool(upstream)  # other config or inputs than its outputs: redo, don't resume
-        if fresh:
+        # outputs (finished, or partial from an interrupted run) made from other settings or inputs: redo
+        fresh = done is not None or bool(upstream)
+        if done is not None:
             why = f"{', '.join(upstream)} reran" if upstream else "config changed"
             print(f"{head} {why}: rerunning from scratch", flush=True)
-            marker.unlink(missing_ok=True)
+            marker.unlink()
         ran.add(stage.name)
         print(f"{head} running ...", flush=True)
         start = time.perf_counter()
