@@ -150,7 +150,8 @@ def add_command(
     command never pays for torch, Ray or MuJoCo.
     """
     parser = subparsers.add_parser(name, help=help, description=help)
-    parser.add_argument("--config", dest="_config", default=None, help="YAML file with the fields below")
+    parser.add_argument("--config", dest="_config", default=None, metavar="FILE.yaml",
+                        help="YAML file with the fields below (flags override it)")
     add_dataclass_args(parser, cls)
 
     def run(args: argparse.Namespace) -> Any:

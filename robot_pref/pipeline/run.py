@@ -120,7 +120,8 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     from robot_pref.feedback.run import label
     from robot_pref.feedback.config import LabelReportConfig
     from robot_pref.render.render import render_dataset
-    from robot_pref.reward.commands import fit_reward, relabel
+    from robot_pref.reward.relabel import relabel
+    from robot_pref.reward.train import fit_reward
     from robot_pref.rl.train import train
 
     stages: list[Stage] = []

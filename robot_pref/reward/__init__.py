@@ -3,20 +3,15 @@
 Exports are resolved lazily so `robot-pref --help` and the feedback registry do not import torch.
 """
 
-from importlib import import_module
+from robot_pref.lazy import lazy_exports
 
-_EXPORTS = {
-    "ModelSpec": "models", "RewardModel": "models", "load_reward_model": "models", "save_reward_model": "models",
-    "FitRewardConfig": "config", "RelabelConfig": "config",
-    "fit": "train", "fit_reward": "train", "make_pairs": "train", "preference_loss": "train",
-    "evaluate": "evaluation", "frame_rewards": "evaluation",
-    "DisagreementSampler": "active", "active_learning_curve": "active",
-    "relabel": "relabel",
+_MODULES = {
+    "models": ("ModelSpec", "RewardModel", "load_reward_model", "save_reward_model"),
+    "config": ("FitRewardConfig", "RelabelConfig"),
+    "train": ("fit", "fit_reward", "make_pairs", "preference_loss"),
+    "evaluation": ("evaluate", "frame_rewards"),
+    "active": ("DisagreementSampler", "active_learning_curve"),
+    "relabel": ("relabel",),
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'robot_pref.reward' has no attribute {name!r}")
-    return getattr(import_module(f"robot_pref.reward.{_EXPORTS[name]}"), name)
+__getattr__, __all__ = lazy_exports(__name__, {name: f"robot_pref.reward.{module}"
+                                               for module, names in _MODULES.items() for name in names})
