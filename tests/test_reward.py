@@ -57,13 +57,7 @@ def oracle_pairs(ds, n, seed=0, flip=False):
 FAST = dict(camera=KEY, lr=1e-3, batch_size=32, epochs=40, patience=10, eval_frames=10_000, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI box is small and shared: one intra-op thread avoids OpenMP oversubscription (10x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

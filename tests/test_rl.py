@@ -20,13 +20,7 @@ from robot_pref.rl.learner import Learner, ObsModel
 from robot_pref.rl.networks import EnsembleLinear, TwinQ
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small nets run fastest on one thread; two spin-wait badly when the machine is oversubscribed."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def identity_obs_model(dim: int) -> ObsModel:
