@@ -192,6 +192,7 @@ def run_pipeline(cfg: RunConfig) -> dict:
             raise ValueError(f"stop_after={cfg.stop_after!r} is not a stage of this run; stages: {names}")
         stages = stages[: names.index(cfg.stop_after) + 1]
     print(f"run {cfg.name}: {len(stages)} stages -> {run_dir}")
+    run_start = time.perf_counter()
     ran: set[str] = set()  # stages run in this call: a finished stage that needs one is redone
     for i, stage in enumerate(stages, 1):
         marker = run_dir / "stages" / f"{stage.name}.json"
@@ -217,7 +218,7 @@ def run_pipeline(cfg: RunConfig) -> dict:
                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "result": result})
         print(f"{head} done in {seconds:.1f}s", flush=True)
     report = write_report(cfg, run_dir, [s.name for s in stages])
-    print(f"report: {run_dir / 'report.md'}")
+    print(f"run {cfg.name}: finished in {time.perf_counter() - run_start:.0f}s; report: {run_dir / 'report.md'}")
     return report
 
 
