@@ -11,17 +11,11 @@ def train(cfg) -> dict:
     return info
 
 
-def compare(cfg) -> dict:
-    from robot_pref.rl.compare import compare as run
-
-    return run(cfg)
-
-
 def register(sub) -> None:
     from robot_pref.config import add_command
     from robot_pref.rl.config import CompareConfig, TrainConfig
 
     add_command(sub, "train", TrainConfig, train,
                 help="Train IQL or BC offline on a dataset (reward: --reward-key true or a learned key)")
-    add_command(sub, "compare", CompareConfig, compare,
+    add_command(sub, "compare", CompareConfig, "robot_pref.rl.compare:compare",
                 help="Train BC, IQL on the true reward and IQL on a learned reward; evaluate and tabulate")
