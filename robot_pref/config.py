@@ -46,6 +46,14 @@ def parse_value(tp: Any, text: str) -> Any:
         return get_origin(tp)(parse_value(item, t) for t in text.split(",") if t)
     if get_origin(tp) is dict or (dataclasses.is_dataclass(tp)):
         return yaml.safe_load(text)
+    if tp is int:  # "1e6" (YAML 1.1 reads it as a string) is a whole number too
+        try:
+            return int(text)
+        except ValueError:
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError(f"expected a whole number, got {text!r}") from None
+            return int(number)
     return tp(text)
 
 
@@ -74,31 +82,105 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
                                 type=lambda s, tp=tp: parse_value(tp, s), help=help_text or " ")
 
 
-def from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Build ``cls`` from a (possibly nested, possibly dotted-key) dict; unknown keys are errors."""
+def coerce(tp: Any, value: Any, name: str = "value") -> Any:
+    """``value`` as the declared type ``tp``, so YAML ``0``, a flag ``0`` and JSON ``0.0`` of a float
+    field are the same config (equal cache keys and stage fingerprints). Strings go through
+    `parse_value`, ints widen to floats, lists become tuples; anything else is a ValueError naming ``name``."""
+    base, optional = _unwrap_optional(tp)
+
+    def bad(why: str = "") -> ValueError:
+        expected = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        return ValueError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__}){why}")
+
+    if value is None:
+        if optional or base is Any:
+            return None
+        raise bad("; give a value (None is not allowed here)")
+    if isinstance(value, str) and base not in (str, Any) and not dataclasses.is_dataclass(base):
+        try:
+            value = parse_value(base, value)
+        except (ValueError, TypeError) as err:
+            raise bad(f": {err}") from None
+    if base is Any:
+        return value
+    if dataclasses.is_dataclass(base):
+        if isinstance(value, base):
+            return value
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise bad("; a section takes a mapping of its fields")
+        return from_dict(base, value, prefix=f"{name}.")
+    if get_origin(base) is Literal:
+        if value not in get_args(base):
+            raise bad(f"; choose one of {list(get_args(base))}")
+        return value
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise bad()
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise bad()
+        return int(value)
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if base is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise bad()
+        return str(value)
+    if get_origin(base) in (tuple, list) or base in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        args = get_args(base)
+        if len(args) == 2 and args[1] is Ellipsis or get_origin(base) is list or not args:
+            item = args[0] if args else Any
+            items = [coerce(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
+        elif len(args) == len(value):
+            items = [coerce(t, v, f"{name}[{i}]") for i, (t, v) in enumerate(zip(args, value))]
+        else:
+            raise bad(f"; expected {len(args)} items")
+        return (get_origin(base) or base)(items)
+    if get_origin(base) is dict or base is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return dict(value)
+    if isinstance(base, type) and not isinstance(value, base):
+        raise bad()
+    return value
+
+
+def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build ``cls`` from a (possibly nested, possibly dotted-key) dict; unknown keys are errors.
+
+    Dotted keys (``vlm.temperature``) override the same field given in a section, whatever their
+    order; every value is coerced to its field's declared type (see `coerce`).
+    """
     nested: dict[str, Any] = {}
+    dotted = []
     for key, value in values.items():
         head, _, rest = key.partition(".")
         if rest:
-            nested.setdefault(head, {})[rest] = value
+            dotted.append((head, rest, value))
         else:
-            nested[head] = value
+            nested[head] = dict(value) if isinstance(value, dict) else value
+    for head, rest, value in dotted:
+        section = nested.get(head)
+        if not isinstance(section, dict):
+            section = nested[head] = {}
+        section[rest] = value
     hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(nested) - names)
     if unknown:
-        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(names)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in nested:
-            continue
-        base, _ = _unwrap_optional(hints[f.name])
-        value = nested[f.name]
-        if dataclasses.is_dataclass(base) and isinstance(value, dict):
-            value = from_dict(base, value)
-        elif get_origin(base) is tuple and isinstance(value, list):
-            value = tuple(value)
-        kwargs[f.name] = value
+        raise ValueError(f"{cls.__name__} has no field(s) {[prefix + u for u in unknown]}; "
+                         f"valid fields: {sorted(names)}")
+    kwargs = {f.name: coerce(hints[f.name], nested[f.name], f"{cls.__name__}.{f.name}")
+              for f in dataclasses.fields(cls) if f.name in nested}
     return cls(**kwargs)
 
 
