@@ -71,9 +71,9 @@ def _episodes(cfg: CollectConfig, env: TaskEnv, plan: list[tuple[str, int]]) -> 
             yield collect_episode(env, tier, _rng(cfg.seed, index), cfg.cameras, cfg.size)
         return
     import ray
+    from robot_pref.console import init_ray
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.address or None, ignore_reinit_error=True)
+    init_ray(cfg.address)
     actor = ray.remote(num_cpus=1)(_Collector)
     actors = [actor.remote(env.meta(), tuple(cfg.cameras), cfg.size) for _ in range(cfg.workers)]
     pending: collections.deque = collections.deque()

@@ -32,6 +32,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from robot_pref.console import quiet_third_party
+
+quiet_third_party()  # before robosuite's import-time warnings, in Ray workers too
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 

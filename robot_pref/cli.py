@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
+
+from robot_pref import console
 
 COMMAND_MODULES = (
     "robot_pref.data.commands",  # info, import-robomimic
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="robot-pref",
         description="Robot offline RL from vision-language-model preference feedback.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and every library's console lines (robosuite, Ray, warnings)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -39,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.configure(args.verbose)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -155,9 +155,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             worker.close()
     else:
         import ray
+        from robot_pref.console import init_ray
 
-        if not ray.is_initialized():
-            ray.init(address=cfg.address or None, ignore_reinit_error=True)
+        init_ray(cfg.address)
         remote = ray.remote(num_cpus=1, num_gpus=1 if cfg.device.startswith("cuda") else 0)(_Worker)
         actors = [remote.remote(str(policy_path.resolve()), cfg.task, cfg.device)
                   for _ in range(min(cfg.workers, cfg.episodes))]

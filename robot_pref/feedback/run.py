@@ -92,9 +92,9 @@ class LabelerActor:
 
 def start_actors(cfg: LabelConfig, cls: type[Labeler], section, goal: str, kwargs: dict):
     import ray
+    from robot_pref.console import init_ray
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.address or None, ignore_reinit_error=True)
+    init_ray(cfg.address)
     gpus = float(ray.cluster_resources().get("GPU", 0))
     options = cls.actor_options(section, cfg.workers, gpus)
     actor = ray.remote(LabelerActor).options(**options, max_restarts=2, max_task_retries=2)

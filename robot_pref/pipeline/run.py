@@ -223,8 +223,6 @@ def run_pipeline(cfg: RunConfig) -> dict:
 
 
 def _init_ray(address: str | None) -> None:
-    import ray
+    from robot_pref.console import init_ray
 
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, ignore_reinit_error=True,
-                 log_to_driver=False)
+    init_ray(address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)

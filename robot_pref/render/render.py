@@ -80,8 +80,9 @@ def render_dataset(cfg: RenderConfig) -> dict:
         log.info("frames/%s: all %d episodes already rendered (use --overwrite to re-render)", key, ds.n_episodes)
         return result
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.address or None, ignore_reinit_error=True)
+    from robot_pref.console import init_ray
+
+    init_ray(cfg.address)
     n_actors = min(cfg.actors, len(todo))
     cpus = ray.cluster_resources().get("CPU", 0)
     if n_actors > cpus:

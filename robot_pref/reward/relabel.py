@@ -76,10 +76,10 @@ def _use_ray(cfg: RelabelConfig) -> bool:
 def _score_with_ray(cfg: RelabelConfig, frame_key: str, todo: list[tuple[int, int]]):
     """Yield scored chunks from Ray actors, one per GPU (or ``cfg.workers`` of them), as they finish."""
     import ray
+    from robot_pref.console import init_ray
     from ray.util import ActorPool
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.address or None, ignore_reinit_error=True)
+    init_ray(cfg.address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     n = cfg.workers if cfg.workers > 0 else max(gpus, 1)
     actor = ray.remote(num_gpus=1 if gpus >= n else 0, num_cpus=1)(ChunkScorer)

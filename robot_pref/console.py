@@ -1,0 +1,68 @@
+"""What a user sees on the console: robot_pref's own lines by default, everything with ``-v``.
+
+robosuite prints ~10 warning lines at import (private macro file, robosuite_models, mink), PyOpenGL
+and Ray add their own start-up lines; none of them is actionable for a robot_pref user. The choice
+travels to Ray workers and subprocesses through an environment variable, because they import robosuite
+themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+VERBOSE_ENV = "ROBOT_PREF_VERBOSE"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+class _OwnLinesOnly(logging.Filter):
+    """Pass robot_pref's records, and errors from anyone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith("robot_pref") or record.levelno >= logging.ERROR
+
+
+class _ErrorsUnlessVerbose(logging.Filter):
+    """Decides per record, so importing robosuite before `configure` (e.g. for task names) is fine."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or verbose()
+
+
+_ERRORS_UNLESS_VERBOSE = _ErrorsUnlessVerbose()
+
+
+def configure(verbose_flag: bool = False) -> None:
+    """Set up console logging for a command; ``verbose_flag`` (``-v``) shows every library's lines."""
+    if verbose_flag:
+        os.environ[VERBOSE_ENV] = "1"
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if not verbose():
+        handler.addFilter(_OwnLinesOnly())
+    logging.basicConfig(level=logging.DEBUG if verbose() else logging.INFO, handlers=[handler], force=True)
+    logging.captureWarnings(not verbose())  # Python warnings become "py.warnings" records, filtered above
+    quiet_third_party()
+
+
+def quiet_third_party() -> None:
+    """Silence robosuite's own console handler below ERROR; call before robosuite is imported.
+
+    robosuite attaches a StreamHandler to its "robosuite_logs" logger at import; a filter on the
+    logger itself stops the records before any handler (robosuite's or ours) sees them.
+    """
+    logging.getLogger("robosuite_logs").addFilter(_ERRORS_UNLESS_VERBOSE)  # adding it twice is a no-op
+
+
+def init_ray(address: str | None = None, **kwargs: Any) -> None:
+    """``ray.init`` with Ray's own start-up lines (dashboard URL, token notice) only when verbose."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address or None, ignore_reinit_error=True,
+             logging_level=logging.INFO if verbose() else logging.ERROR, **kwargs)

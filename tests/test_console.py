@@ -1,0 +1,36 @@
+"""Quiet by default: a command prints robot_pref's own lines only; `-v` shows every library's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOISE = ("robosuite", "macro file", "OpenGL_accelerate", "mink", "Started a local Ray instance",
+         "Token authentication")
+
+
+def _collect(out: Path, *flags: str, workers: int = 1) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "ROBOT_PREF_VERBOSE")}
+    env["MUJOCO_GL"] = "egl"
+    cmd = [sys.executable, "-m", "robot_pref", *flags, "collect", "--task", "lift", "--tier", "expert",
+           "--episodes", str(workers), "--horizon", "5", "--workers", str(workers), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "ray-workers"])
+def test_commands_print_only_their_own_lines(tmp_path, workers):
+    text = _collect(tmp_path / "d.zarr", workers=workers)
+    assert "expert" in text and "success" in text  # the command's own summary table
+    assert not [word for word in NOISE if word in text], text
+
+
+def test_verbose_shows_library_lines(tmp_path):
+    text = _collect(tmp_path / "d.zarr", "-v")
+    assert "No private macro file found" in text
