@@ -11,10 +11,10 @@ import torch
 
 from robot_pref.data import Episode, TrajectoryDataset
 from robot_pref.rl import TrainConfig, load_policy
-from robot_pref.rl.train import train
+from robot_pref.rl.train import make_learner, train
 from robot_pref.rl.batches import TransitionBatches
 from robot_pref.rl.bc import BC
-from robot_pref.rl.checkpoint import load_checkpoint
+from robot_pref.rl.checkpoint import build_obs_model, load_checkpoint
 from robot_pref.rl.iql import IQL, expectile_loss
 from robot_pref.rl.learner import Learner, ObsModel
 from robot_pref.rl.networks import EnsembleLinear, TwinQ
@@ -115,6 +115,30 @@ def test_value_converges_to_discounted_return_on_a_chain():
     v = learner.v(torch.as_tensor(obs[:n])).detach().numpy()
     np.testing.assert_allclose(v, gamma ** np.arange(n - 1, -1, -1), atol=0.05)
 
+
+
+def test_train_aligns_reward_of_the_next_state_through_a_real_dataset(tmp_path):
+    """A chain dataset s0 -> ... -> s5 (terminal) whose learned reward array r(s_t) is 1 only on s5 (and 5 on s0,
+    which no transition enters): through `train()` only reward[t + 1] gives V(s_k) = gamma^(4-k); reward[t]
+    would give V(s0) ~ 5 and V(s4) = 0."""
+    n, gamma = 5, 0.9
+    obs = np.eye(n + 1, dtype=np.float32)
+    episodes = [{"obs": obs, "action": np.zeros((n + 1, 1), np.float32), "reward": np.zeros(n + 1, np.float32),
+                 "terminated": True} for _ in range(8)]
+    ds = write_dataset(tmp_path / "chain.zarr", episodes)
+    r = np.zeros(n + 1, np.float32)
+    r[0], r[n] = 5.0, 1.0
+    ds.write_reward("learned", np.tile(r, 8), start=0)
+    cfg = TrainConfig(dataset=str(tmp_path / "chain.zarr"), out=str(tmp_path / "iql"), reward_key="learned",
+                      steps=1500, batch_size=32, hidden=(64, 64), lr=3e-3, gamma=gamma, polyak=0.05,
+                      obs_std_floor=0.0, log_every=500, save_every=1500, seed=0, device="cpu")
+    train(cfg)
+    ckpt = load_checkpoint(tmp_path / "iql" / "last.pt")
+    learner = make_learner(cfg, build_obs_model(ckpt["policy"]), 1)
+    learner.load_train_state(ckpt)
+    with torch.no_grad():
+        v = learner.v(learner.obs_model.normalize("obs", torch.as_tensor(obs[:n]))).numpy()
+    np.testing.assert_allclose(v, gamma ** np.arange(n - 1, -1, -1), atol=0.05)
 
 def test_bandit_with_mixed_data_picks_the_better_action_and_v_reaches_the_expectile():
     """One state; 20% of the data takes a=+0.5 (reward 1), 80% a=-0.5 (reward 0); every step terminal."""
