@@ -78,7 +78,9 @@ def test_import_round_trip(hdf5, tmp_path):
     assert env["obs_dims"] == {k: LOW_DIM[k] for k in order} and env["cameras"] == ["agentview"]
     assert ds.frame_keys == ["agentview_12x16"] and ds.rendered_episodes("agentview_12x16").all()
     table = ds.episode_table()
-    assert table["success"].tolist() == [1, 0, 1] and table["terminated"].tolist() == [True, False, True]
+    assert table["success"].tolist() == [1, 0, 1]
+    # dones (success or end of demo) are no terminals: the horizon is a time-out, no step is cut short
+    assert table["terminated"].tolist() == [False, False, False] and not ds.terminal_flags().any()
     assert table["tier"].tolist() == ["better", "worse", "worse"]
     assert set(table["task"].tolist()) == {"lift"} and set(table["source"].tolist()) == {"robomimic"}
     for e, name in enumerate(names):
@@ -109,6 +111,17 @@ def test_import_options(hdf5, tmp_path):
     np.testing.assert_array_equal(ds.get("obs", ds.episode_slice(1)), obs)
     assert ds.episode_table()["task"].tolist() == ["lift-mh"] * 2
     assert ds.episode_table()["goal"].tolist() == ["to lift the red cube"] * 2
+
+
+def test_terminals_opt_in(hdf5, tmp_path):
+    """--terminals takes dones[-1] as a true terminal: done is flagged on each such demo's second last step."""
+    path, _ = hdf5
+    out = tmp_path / "t.zarr"
+    assert main(["import-robomimic", str(path), "--out", str(out), "--terminals"]) == 0
+    ds = TrajectoryDataset.open(out)
+    assert ds.episode_table()["terminated"].tolist() == [True, False, True]
+    ends = np.cumsum([DEMOS[n] for n in ("demo_0", "demo_2", "demo_10")])
+    np.testing.assert_array_equal(np.flatnonzero(ds.terminal_flags()), [ends[0] - 2, ends[2] - 2])
 
 
 def test_dense_rewards_leave_success_unknown(tmp_path):

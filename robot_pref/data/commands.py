@@ -64,6 +64,9 @@ class ImportRobomimicConfig:
     filter_key: str = field(default="", metadata={"help": "import only the demos of mask/<key> (e.g. train)"})
     task: str = field(default="", metadata={"help": "task name for the episode table (default: env name, lower case)"})
     goal: str = field(default="", metadata={"help": "goal text for the labeler"})
+    terminals: bool = field(default=False, metadata={
+        "help": "take a demo's last `dones` as a true terminal state (off: robomimic's dones mean success or "
+                "end of demo, and the horizon is a time-out, as for collected data)"})
     overwrite: bool = field(default=False, metadata={"help": "replace --out if it exists"})
 
 

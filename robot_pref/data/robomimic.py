@@ -21,7 +21,10 @@ How a demo becomes an episode (T rows, robomimic's observed steps s_0 .. s_{T-1}
   not a row (robomimic saves no state for it); with sparse 0/1 rewards it is kept as the episode's
   ``success`` (any reward of 1), and ``ground_truth/success`` is the shifted reward == 1.
   Dense rewards leave success unknown.
-- ``terminated`` <- ``dones[-1]``; tier <- the demo's quality filter key (better/okay/worse) if any.
+- ``terminated`` is False: robomimic writes ``dones`` as "succeeded or last step of the demo", not as a
+  terminal state, so taking it would make IQL stop bootstrapping one step early; the horizon is a
+  time-out, as for collected data. ``terminals=True`` (``--terminals``) opts in to ``dones[-1]``.
+- tier <- the demo's quality filter key (better/okay/worse) if any.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ def shift_rewards(rewards: np.ndarray) -> np.ndarray:
     return np.concatenate([rewards[:1], rewards[:-1]])
 
 
-def demo_to_episode(demo, name: str, obs_keys, image_keys, flip: bool, tier: str, task: str, goal: str) -> Episode:
+def demo_to_episode(demo, name: str, obs_keys, image_keys, flip: bool, tier: str, task: str, goal: str,
+                    terminals: bool = False) -> Episode:
     for key in ("actions", "states"):
         if key not in demo:
             raise DatasetError(f"{demo.file.filename}: {name} has no {key!r} (it holds {sorted(demo)})")
@@ -97,7 +101,7 @@ def demo_to_episode(demo, name: str, obs_keys, image_keys, flip: bool, tier: str
         true_reward=None if rewards is None else shift_rewards(rewards),
         true_success=shift_rewards(rewards) >= 1.0 if binary else None,
         task=task, goal=goal, tier=tier, source="robomimic", seed=-1,
-        success=bool(rewards.max() >= 1.0) if binary else None, terminated=bool(dones[-1]),
+        success=bool(rewards.max() >= 1.0) if binary else None, terminated=terminals and bool(dones[-1]),
     )
 
 
@@ -148,7 +152,7 @@ def import_robomimic(cfg: ImportRobomimicConfig) -> dict[str, Any]:
         task = cfg.task or env_name.lower()
         for name in tqdm(demos, desc=f"import {Path(cfg.file).name}", unit="demo"):
             ep = demo_to_episode(f[f"data/{name}"], name, obs_keys, image_keys, cfg.flip_images,
-                                 tiers.get(name, ""), task, cfg.goal)
+                                 tiers.get(name, ""), task, cfg.goal, cfg.terminals)
             try:
                 ds.append_episode(ep)
             except DatasetError as err:
