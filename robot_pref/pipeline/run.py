@@ -1,4 +1,4 @@
-"""`robot-pref run CONFIG.yaml`: raw trajectories to an evaluated policy, one stage after another.
+"""`robot-pref run CONFIG.yaml`: raw trajectories to an evaluated policy.
 
 Each stage is the same function its own CLI verb calls, reading its inputs from and writing its
 outputs to the run directory. A finished stage leaves ``stages/<name>.json`` (its result, timing
@@ -7,6 +7,12 @@ interrupted one through that stage's own resume logic (collect appends the missi
 render and relabel continue per episode/chunk, label never asks a cached question twice, train
 resumes from its last checkpoint). Changing a stage's config reruns it from scratch (its
 ``overwrite`` set), and with it every stage that needs its outputs — not the unrelated ones.
+
+Stages that do not need each other run at the same time (``parallel``, the default): the trainings
+and the reward fit run as Ray tasks holding the CPUs (and GPUs) they ask for, the other stages in this
+process, one at a time, with their own Ray actors. A stage starts when its inputs are done and its
+CPUs fit in the cluster's; a stage listed earlier (the learned-reward chain comes first) is never
+overtaken by a later one that is ready too, so the longest chain keeps its cores.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +55,9 @@ class RunConfig:
                 "process, on its CUDA device if it has one)"})
     stop_after: str = field(default="", metadata={
         "help": "stop after this stage (e.g. label, fit_reward); the report covers what has run"})
+    parallel: bool = field(default=True, metadata={
+        "help": "run independent stages at once within the cluster's CPUs (trainings as Ray tasks); "
+                "false = one stage after another in this process"})
     checkpoint: Literal["last", "best"] = field(default="last", metadata={
         "help": "policy checkpoint to evaluate: last, or best by the training-time evaluations (needs train.eval_every)"})
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -93,12 +104,14 @@ class Stage:
     config: Any  # what the fingerprint covers; passed to ``fn`` (with overwrite=True when rerun afresh)
     fn: Callable[[Any], dict]
     needs: tuple[str, ...] = ()  # stages whose outputs this one reads
+    cpus: float = 1.0  # cores it keeps busy (its own threads or its Ray actors): what the scheduler budgets
+    remote: bool = False  # a Ray task of its own (trainings), so that several run at once
+    progress: Callable[[], str] | None = None  # a short "how far" for the periodic status line
 
-    def run(self, fresh: bool) -> dict:
-        config = self.config
-        if fresh and dataclasses.is_dataclass(config) and hasattr(config, "overwrite"):
-            config = dataclasses.replace(config, overwrite=True)
-        return self.fn(config)
+    def config_for(self, fresh: bool) -> Any:
+        if fresh and dataclasses.is_dataclass(self.config) and hasattr(self.config, "overwrite"):
+            return dataclasses.replace(self.config, overwrite=True)
+        return self.config
 
 
 def _fingerprint(config: Any) -> str:
@@ -127,13 +140,17 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     stages: list[Stage] = []
     source: tuple[str, ...] = ()
     if cfg.dataset == str(Path(cfg.run_dir) / "dataset.zarr"):  # no dataset given: collect one
-        stages.append(Stage("collect", cfg.collect, lambda c: _collect_remaining(c, collect)))
+        stages.append(Stage("collect", cfg.collect, lambda c: _collect_remaining(c, collect),
+                            cpus=max(cfg.collect.workers, 1)))
         source = ("collect",)
-    stages.append(Stage("render", cfg.render, render_dataset, source))
-    stages.append(Stage("label", cfg.label, label, ("render",)))
+    stages.append(Stage("render", cfg.render, render_dataset, source, cpus=cfg.render.actors))
+    label_cpus = cfg.label.workers if cfg.label.workers > 1 else 0.0  # in-process labelers wait on answers
+    stages.append(Stage("label", cfg.label, label, ("render",), cpus=label_cpus))
     report_cfg = LabelReportConfig(dataset=cfg.dataset, labels=cfg.label.out)
-    stages.append(Stage("label_report", report_cfg, lambda c: _if_ground_truth(cfg, lambda: label_report(c)), ("label",)))
-    stages.append(Stage("fit_reward", cfg.fit_reward, lambda c: _on_gpu(cfg.gpus, fit_reward, c), ("label",)))
+    stages.append(Stage("label_report", report_cfg, lambda c: _if_ground_truth(cfg, lambda: label_report(c)),
+                        ("label",), cpus=0.0))
+    remote = cfg.parallel or cfg.gpus > 0
+    stages.append(Stage("fit_reward", cfg.fit_reward, fit_reward, ("label",), remote=remote))
     stages.append(Stage("relabel", cfg.relabel, relabel, ("fit_reward",)))
     for policy in cfg.policies:
         if policy not in POLICIES:
@@ -144,18 +161,50 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         eval_cfg = dataclasses.replace(cfg.eval, policy=str(Path(train_cfg.out) / f"{cfg.checkpoint}.pt"),
                                        out=str(Path(cfg.run_dir) / "eval" / policy))
         reads = ("relabel",) if reward_key == LEARNED_REWARD_KEY else source
-        stages.append(Stage(f"train_{policy}", train_cfg, lambda c: _on_gpu(cfg.gpus, train, c), reads))
-        stages.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",)))
+        stages.append(Stage(f"train_{policy}", train_cfg, train, reads, cpus=max(cfg.train.threads, 1),
+                            remote=remote, progress=lambda c=train_cfg: _train_progress(c)))
+        stages.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",),
+                            cpus=max(cfg.eval.workers, 1)))
     return stages
 
 
-def _on_gpu(gpus: float, fn: Callable[[Any], dict], stage_cfg: Any) -> dict:
-    """Run a training stage as a Ray task holding ``gpus`` GPUs (Ray hides GPUs from tasks that ask for none)."""
-    if gpus <= 0:
-        return fn(stage_cfg)
+def _train_progress(cfg: TrainConfig) -> str:
+    log = Path(cfg.out) / "log.csv"
+    lines = log.read_text().splitlines() if log.exists() else []
+    step = lines[-1].split(",", 1)[0] if len(lines) > 1 else "0"
+    return f"{step}/{cfg.steps} steps"
+
+
+def _run_stage(stage: Stage, fresh: bool, gpus: float) -> tuple[dict, float]:
+    """(result, CPU seconds of the process that ran it) — a Ray task holding ``stage.cpus`` CPUs and ``gpus``
+    GPUs for a remote stage (Ray hides GPUs from tasks that ask for none), else this process."""
+    config = stage.config_for(fresh)
+    if not stage.remote:
+        return _timed_call(stage.fn, config, 0)
     import ray
 
-    return ray.get(ray.remote(num_gpus=gpus, max_retries=0)(fn).remote(stage_cfg))
+    task = ray.remote(num_cpus=stage.cpus, num_gpus=gpus, max_retries=0)(_timed_call)
+    ref = task.remote(stage.fn, config, stage.cpus)
+    _IN_FLIGHT[stage.name] = ref
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:  # the stage's own error (ValueError, DatasetError, ...)
+        raise err.cause from err
+    finally:
+        _IN_FLIGHT.pop(stage.name, None)
+
+
+def _timed_call(fn: Callable[[Any], dict], config: Any, threads: float) -> tuple[dict, float]:
+    if threads:  # inside a Ray task: torch uses the cores reserved for it, no more
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+    cpu = time.process_time()
+    result = fn(config)
+    return result, time.process_time() - cpu
+
+
+_IN_FLIGHT: dict[str, Any] = {}  # stage name -> Ray object ref of a remote stage, to cancel on failure
 
 
 def _collect_remaining(cfg: CollectConfig, collect: Callable[[CollectConfig], dict]) -> dict:
@@ -192,34 +241,121 @@ def run_pipeline(cfg: RunConfig) -> dict:
             raise ValueError(f"stop_after={cfg.stop_after!r} is not a stage of this run; stages: {names}")
         stages = stages[: names.index(cfg.stop_after) + 1]
     print(f"run {cfg.name}: {len(stages)} stages -> {run_dir}")
-    run_start = time.perf_counter()
-    ran: set[str] = set()  # stages run in this call: a finished stage that needs one is redone
+    import psutil
+
+    run_start, cpu_start = time.perf_counter(), psutil.cpu_times()
+    plan = _plan(stages, run_dir)
+    budget = _cpu_budget() if cfg.parallel else 0.0
+    _execute(plan, budget, [s.name for s in stages], cfg.gpus, run_dir)
+    wall, busy = time.perf_counter() - run_start, _busy_fraction(cpu_start, psutil.cpu_times())
+    _write_json(run_dir / "run.json", {"wall_s": round(wall, 1), "machine_cpu_utilization": round(busy, 3),
+                                       "cpus": psutil.cpu_count(), "parallel": cfg.parallel,
+                                       "stages_run": [s.name for s, _, _ in plan]})
+    report = write_report(cfg, run_dir, [s.name for s in stages])
+    print(f"run {cfg.name}: finished in {wall:.0f}s at {100 * busy:.0f}% CPU ({psutil.cpu_count()} cores, "
+          f"whole machine); report: {run_dir / 'report.md'}")
+    return report
+
+
+def _busy_fraction(before, after) -> float:
+    """Share of the machine's CPU time spent busy between two ``psutil.cpu_times()`` readings."""
+    total = sum(after) - sum(before)
+    idle = (after.idle + getattr(after, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
+    return max(0.0, 1.0 - idle / total) if total > 0 else 0.0
+
+
+def _plan(stages: list[Stage], run_dir: Path) -> list[tuple[Stage, bool, str]]:
+    """(stage, fresh, fingerprint) of each stage to run; finished ones whose inputs stay are skipped here.
+
+    A stage reruns when its config changed or any stage it needs reruns, and then from scratch (``fresh``)
+    when it has outputs (finished, or partial from an interrupted run) made from other settings or inputs.
+    """
+    plan, rerun = [], set()
     for i, stage in enumerate(stages, 1):
         marker = run_dir / "stages" / f"{stage.name}.json"
         fingerprint = _fingerprint(stage.config)
         head = f"[{i}/{len(stages)}] {stage.name:<18}"
         done = json.loads(marker.read_text()) if marker.exists() else None
-        upstream = sorted(ran.intersection(stage.needs))
+        upstream = sorted(rerun.intersection(stage.needs))
         if done and done.get("fingerprint") == fingerprint and not upstream:
             print(f"{head} skipped (done in {done['seconds']:.1f}s earlier)", flush=True)
             continue
-        # outputs (finished, or partial from an interrupted run) made from other settings or inputs: redo
-        fresh = done is not None or bool(upstream)
         if done is not None:
             why = f"{', '.join(upstream)} reran" if upstream else "config changed"
             print(f"{head} {why}: rerunning from scratch", flush=True)
             marker.unlink()
-        ran.add(stage.name)
-        print(f"{head} running ...", flush=True)
-        start = time.perf_counter()
-        result = stage.run(fresh)
-        seconds = time.perf_counter() - start
-        _write_json(marker, {"stage": stage.name, "fingerprint": fingerprint, "seconds": seconds,
-                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "result": result})
-        print(f"{head} done in {seconds:.1f}s", flush=True)
-    report = write_report(cfg, run_dir, [s.name for s in stages])
-    print(f"run {cfg.name}: finished in {time.perf_counter() - run_start:.0f}s; report: {run_dir / 'report.md'}")
-    return report
+        rerun.add(stage.name)
+        plan.append((stage, done is not None or bool(upstream), fingerprint))
+    return plan
+
+
+def _cpu_budget() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def _execute(plan: list[tuple[Stage, bool, str]], budget: float, all_names: list[str], gpus: float,
+             run_dir: Path, status_every: float = 30.0) -> None:
+    """Run the planned stages: with ``budget`` CPUs at once in list order without overtaking, or (budget 0)
+    one after another. Stages run in daemon threads (a remote one waits there on its Ray task), so Ctrl-C
+    and a failure end the run at once; remote stages in flight are cancelled then."""
+    head = {name: f"[{i}/{len(all_names)}] {name:<18}" for i, name in enumerate(all_names, 1)}
+    planned = {stage.name for stage, _, _ in plan}
+    waiting, finished = list(plan), set()
+    running: dict[str, tuple[Stage, float]] = {}  # name -> (stage, start time)
+    events: queue.Queue = queue.Queue()
+    used, last_status = 0.0, time.perf_counter()
+
+    def work(stage: Stage, fresh: bool) -> None:
+        try:
+            events.put((stage.name, _run_stage(stage, fresh, gpus), None))
+        except BaseException as err:  # noqa: BLE001  (re-raised in the main thread)
+            events.put((stage.name, None, err))
+
+    try:
+        while waiting or running:
+            for item in list(waiting):
+                stage, fresh, _ = item
+                if any(n in planned and n not in finished for n in stage.needs):
+                    continue
+                cost = min(stage.cpus, budget)
+                local_busy = any(not s.remote for s, _ in running.values())
+                if running and (not budget or used + cost > budget or (not stage.remote and local_busy)):
+                    break  # no overtaking: later stages wait for this one
+                waiting.remove(item)
+                running[stage.name] = (stage, time.perf_counter())
+                used += cost
+                print(f"{head[stage.name]} running ...", flush=True)
+                threading.Thread(target=work, args=(stage, fresh), daemon=True, name=stage.name).start()
+            try:
+                name, outcome, err = events.get(timeout=5.0)
+            except queue.Empty:
+                if time.perf_counter() - last_status >= status_every:
+                    last_status = time.perf_counter()
+                    print("    running: " + ", ".join(
+                        f"{n} {time.perf_counter() - t:.0f}s" + (f" ({s.progress()})" if s.progress else "")
+                        for n, (s, t) in running.items()), flush=True)
+                continue
+            stage, start = running.pop(name)
+            used -= min(stage.cpus, budget)
+            if err is not None:
+                raise err
+            result, cpu_s = outcome
+            seconds = time.perf_counter() - start
+            fingerprint = next(f for s, _, f in plan if s.name == name)
+            _write_json(run_dir / "stages" / f"{name}.json", {
+                "stage": name, "fingerprint": fingerprint, "seconds": seconds, "cpu_s": round(cpu_s, 2),
+                "remote": stage.remote, "started_unix": time.time() - seconds,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "result": result})
+            finished.add(name)
+            print(f"{head[name]} done in {seconds:.1f}s", flush=True)
+    finally:
+        if _IN_FLIGHT:
+            import ray
+
+            for ref in list(_IN_FLIGHT.values()):
+                ray.cancel(ref, force=True)
 
 
 def _init_ray(address: str | None) -> None:
