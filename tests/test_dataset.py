@@ -499,3 +499,49 @@ def test_leftover_temp_files_of_a_killed_writer_are_removed(five):
     assert not old.exists() and fresh.exists()  # a fresh one may belong to a live writer
     ds.append_episode(make_episode(5))
     assert_episode(TrajectoryDataset.open(five), 5, make_episode(5))
+
+
+# ---------------------------------------------------------------------------------------- identity
+def test_identity_survives_appends_and_changes_with_a_new_store_at_the_path(tmp_path):
+    ds = build(tmp_path / "d.zarr", n=2)
+    ids, ident = ds.episode_ids.tolist(), ds.identity
+    assert len(set(ids)) == 2 and all(len(i) == 32 for i in ids)
+    frames = ds.frame_ids(np.array([0, 95, ds.n_frames - 1]))
+    assert frames == [f"{ids[0]}:0", f"{ids[1]}:5", f"{ids[1]}:{107 - 1}"]
+    ds = TrajectoryDataset.open(tmp_path / "d.zarr", "a")
+    ds.append_episode(make_episode(2))
+    assert ds.episode_ids.tolist()[:2] == ids and ds.episode_ids[2] not in ids  # appends keep earlier ids
+    assert ds.frame_ids(np.array([0, 95])) == frames[:2] and ds.identity != ident
+    # the same episodes collected again at the same path are another dataset
+    again = create(tmp_path / "d.zarr", overwrite=True)
+    for i in range(3):
+        again.append_episode(make_episode(i))
+    assert set(TrajectoryDataset.open(tmp_path / "d.zarr").episode_ids.tolist()).isdisjoint(ids + [ds.episode_ids[2]])
+
+
+def test_a_killed_append_leftover_row_gets_a_new_identity(tmp_path):
+    ds = build(tmp_path / "d.zarr", n=2)
+    ds.append_episode(make_episode(2))
+    lost = ds.episode_ids[2]
+    ds.root.attrs["n_episodes"] = 2  # as if killed before the commit: row 2 is a leftover
+    ds = TrajectoryDataset.open(tmp_path / "d.zarr", "a")
+    ds.append_episode(make_episode(3))
+    assert ds.episode_ids[2] != lost
+
+
+def test_stores_without_episode_ids_derive_them_from_content_and_keep_them_on_append(tmp_path):
+    old = build(tmp_path / "old.zarr", n=2)
+    shutil.rmtree(tmp_path / "old.zarr" / "meta" / "episode_id")  # as written before the column existed
+    twin = build(tmp_path / "twin.zarr", n=2)
+    shutil.rmtree(tmp_path / "twin.zarr" / "meta" / "episode_id")
+    del old, twin
+    ds = TrajectoryDataset.open(tmp_path / "old.zarr", "a")
+    derived = ds.episode_ids.tolist()
+    assert all(i.startswith("derived-") for i in derived) and len(set(derived)) == 2
+    assert TrajectoryDataset.open(tmp_path / "twin.zarr").episode_ids.tolist() == derived  # same content
+    ds.append_episode(make_episode(7))
+    back = TrajectoryDataset.open(tmp_path / "old.zarr")
+    assert back.episode_ids.tolist()[:2] == derived and not back.episode_ids[2].startswith("derived-")
+    other = TrajectoryDataset.open(tmp_path / "twin.zarr", "a")
+    other.root["data/action"][0] = other.root["data/action"][0] + 1  # rewritten content: another id
+    assert TrajectoryDataset.open(tmp_path / "twin.zarr").episode_ids[0] != derived[0]

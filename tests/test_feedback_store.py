@@ -163,3 +163,41 @@ def test_cli_label_and_report(ds, tmp_path):
     assert 0.8 < report["quality"]["accuracy"] < 0.97  # eps = 0.1 mistakes
     assert report["quality"]["abstention_rate"] == 0
     assert main(["label", "--dataset", str(tmp_path / "nope.zarr"), "--out", str(out)]) == 1
+
+
+@pytest.mark.parametrize("labeler", ["teacher", "replay"])
+def test_a_new_dataset_at_the_same_path_is_asked_afresh(tmp_path, labeler):
+    """Index-based answers are keyed on the frames' identity, not on row numbers."""
+    path, out = tmp_path / "sq.zarr", tmp_path / "labels"
+    old = make_square_dataset(path, episodes=8, length=24, seed=0)
+    rng = np.random.default_rng(1)
+    recorded = tmp_path / "human.npz"
+    np.savez(recorded, indices_1=rng.integers(0, old.n_frames, 40), indices_2=rng.integers(0, old.n_frames, 40),
+             labels=rng.integers(0, 2, 40))
+    kw = dict(labeler=labeler, pairs=40 if labeler == "teacher" else 0, replay=ReplayConfig(path=str(recorded)))
+    assert label(cfg(old, out, **kw))["counts"]["answered"] == 40
+    assert label(cfg(old, out, **kw))["counts"]["cached"] == 40  # same dataset: nothing asked twice
+    new = make_square_dataset(path, episodes=8, length=24, seed=5)  # collected again at the same path
+    again = label(cfg(new, out, **kw))
+    assert again["counts"]["cached"] == 0 and again["counts"]["answered"] == 40
+    if labeler == "teacher":  # the answers follow the new dataset's ground truth
+        labels, r = load_labels(out), new.ground_truth("reward")
+        np.testing.assert_array_equal(labels.label, (r[labels.index_a] < r[labels.index_b]).astype(np.int8))
+
+
+def test_appended_episodes_keep_earlier_answers(tmp_path):
+    from robot_pref.data import Episode, TrajectoryDataset
+    from robot_pref.feedback.labelers import labeler_class
+    from robot_pref.feedback.store import LabelStore
+
+    ds = make_square_dataset(tmp_path / "sq.zarr", episodes=6, length=20)
+    out = tmp_path / "labels"
+    goal = label(cfg(ds, out, labeler="teacher", pairs=30))["goal"]
+    labels = load_labels(out)
+    ds = TrajectoryDataset.open(ds.path, "a")
+    ds.append_episode(Episode(obs=np.zeros((20, 2)), action=np.zeros((20, 1)), state=np.zeros((20, 1)),
+                              frames={"agentview_32": ds.get("frames/agentview_32", ds.episode_slice(5))},
+                              true_reward=np.zeros(20, np.float32), goal=goal))
+    teacher = labeler_class("teacher")(TeacherConfig(), goal, dataset=TrajectoryDataset.open(ds.path))
+    with LabelStore(out / "store.sqlite") as store:
+        assert len(store.get(teacher.query_keys(labels.index_a, labels.index_b))) == 30

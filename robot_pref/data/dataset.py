@@ -8,7 +8,8 @@ Layout (zarr v3 group)::
     frames/<cam>_<size>   per-step uint8 (T, H, W, 3) camera frames, sharded per frame
     rewards/<key>   per-step learned rewards (one value per frame, written by relabel)
     ground_truth/   per-step true reward and success; read only through `ground_truth()`
-    meta/           episode_ends, the per-episode table, render progress per frame key
+    meta/           episode_ends, the per-episode table, render progress per frame key,
+                    episode_id (a uuid4 per episode: its identity, see `frame_ids`)
 
 Training reads random batches through `batches` (robot_pref.data.sampler.BatchSampler: background
 threads prefetch, frames stay on disk unless they fit in RAM).
@@ -26,6 +27,14 @@ Arrays are written with ``write_empty_chunks`` on, so every committed row has it
 a deleted file is reported as a truncated store instead of silently reading as the fill value;
 every chunk carries a crc32c, so corrupt bytes fail on read (`verify` reads everything).
 
+Identity: each episode gets a fresh uuid4 in ``meta/episode_id`` when it is appended, so an
+overwritten store (same path, new data) or a rewritten leftover row has new ids, while appends
+keep every earlier episode's id. Answers that depend on frame *indices* (ground-truth teachers,
+replayed labels) key on `frame_ids` (episode id + step), never on bare row numbers. Stores
+written before this column derive each episode's id from its content (states, actions, true
+reward); the column is filled with those derived ids on their next append. Frames and learned
+rewards are derived data (re-rendered from states, fitted): writing them keeps the identity.
+
 Frames are zarr v3 shards of `FRAME_SHARD` (256) frames, so a million frames are ~4k files, made of
 inner chunks of a few frames (8 at 84x84, see `frame_chunk_rows`) compressed with blosc lz4hc: a
 random frame costs one small byte range and one fast decode (`robot_pref.data.shards.ShardReader`).
@@ -37,9 +46,11 @@ are alike) and decode in ~12 us, and read episodes in order 50x faster (tools/be
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -61,6 +72,7 @@ EPISODE_COLUMNS = {  # name -> (dtype, fill) of the per-episode table
     "terminated": ("bool", False),  # ended in a true terminal state rather than a time-out
 }
 EPISODE_TEXT_COLUMNS = ("task", "goal", "tier", "source")
+EPISODE_ID = "episode_id"  # optional text column: stores from before it derive ids from content
 STEP_CHUNK = 4096  # rows per chunk of low-dim arrays
 FRAME_SHARD = 256  # frames per shard file
 FRAME_CHUNK_BYTES = 192 * 1024  # at most this many raw bytes per inner chunk: 8 frames of 84x84
@@ -188,7 +200,7 @@ class TrajectoryDataset:
         _create(meta, "episode_ends", shape=(0,), chunks=(STEP_CHUNK,), dtype="int64")
         for name, (dtype, fill) in EPISODE_COLUMNS.items():
             _create(meta, name, shape=(0,), chunks=(STEP_CHUNK,), dtype=dtype, fill_value=fill)
-        for name in EPISODE_TEXT_COLUMNS:
+        for name in (*EPISODE_TEXT_COLUMNS, EPISODE_ID):
             _create(meta, name, shape=(0,), chunks=(STEP_CHUNK,), dtype=str)
         meta.create_group("rendered")
         return cls(root, path, writable=True)
@@ -280,7 +292,8 @@ class TrajectoryDataset:
                 f"{self.path} is missing {', '.join(missing)}; the store is incomplete or was written by "
                 "another tool. Re-create it (robot-pref collect / import-robomimic)"
             )
-        for key in ("meta/episode_ends", *(f"meta/{k}" for k in (*EPISODE_COLUMNS, *EPISODE_TEXT_COLUMNS))):
+        for key in ("meta/episode_ends", *(f"meta/{k}" for k in (*EPISODE_COLUMNS, *EPISODE_TEXT_COLUMNS))
+                    ) + ((f"meta/{EPISODE_ID}",) if f"meta/{EPISODE_ID}" in self.root else ()):
             if self.root[key].shape[0] < n_ep:
                 raise DatasetError(
                     f"{self.path}: attrs.n_episodes={n_ep} but {key} holds {self.root[key].shape[0]} rows; "
@@ -317,8 +330,9 @@ class TrajectoryDataset:
                 needs[key] = np.concatenate(rows) if rows else np.zeros(0, np.int64)
             elif not key.startswith("rewards/"):
                 needs[key] = np.arange(n)
-        for name in ("episode_ends", *EPISODE_COLUMNS, *EPISODE_TEXT_COLUMNS):
-            needs[f"meta/{name}"] = np.arange(n_ep)
+        for name in ("episode_ends", *EPISODE_COLUMNS, *EPISODE_TEXT_COLUMNS, EPISODE_ID):
+            if f"meta/{name}" in self.root:
+                needs[f"meta/{name}"] = np.arange(n_ep)
         missing = []
         for key, rows in needs.items():
             meta = self.root[key].metadata
@@ -397,6 +411,48 @@ class TrajectoryDataset:
         ends = self.episode_ends[term]
         done[ends[ends >= 2] - 2] = 1.0
         return done
+
+    @property
+    def episode_ids(self) -> np.ndarray:
+        """Identity of each committed episode (str): a uuid4 written at append, or, for stores from
+        before ``meta/episode_id``, ``derived-<sha256>`` of the episode's states, actions and true reward."""
+        if "episode_ids" not in self._cache:
+            if f"meta/{EPISODE_ID}" in self.root:
+                ids = np.asarray(self.root[f"meta/{EPISODE_ID}"][: self.n_episodes]).astype(str)
+            else:
+                ids = self._derived_episode_ids()
+            ids.flags.writeable = False
+            self._cache["episode_ids"] = ids
+        return self._cache["episode_ids"]
+
+    def _derived_episode_ids(self) -> np.ndarray:
+        arrays = [self.get("state"), self.get("action")]
+        if self.has_ground_truth("reward"):
+            arrays.append(self.ground_truth("reward"))
+        ids = []
+        for s, e in zip(self.episode_starts, self.episode_ends):
+            h = hashlib.sha256()
+            for a in arrays:
+                h.update(np.ascontiguousarray(a[s:e]).tobytes())
+            ids.append("derived-" + h.hexdigest()[:32])
+        return np.asarray(ids, dtype=str)
+
+    @property
+    def identity(self) -> str:
+        """One digest of every episode's identity: changes on append, overwrite and any episode rewrite."""
+        return hashlib.sha256("\n".join(self.episode_ids.tolist()).encode()).hexdigest()
+
+    def frame_ids(self, indices: np.ndarray) -> list[str]:
+        """``"<episode id>:<step>"`` of each frame index: what an index-based answer is about.
+
+        Stable across appends (earlier episodes keep their ids and steps), different in any other
+        dataset written at the same path.
+        """
+        rows = self._frame_rows(indices)
+        ep = self.episode_of(rows)
+        steps = rows - self.episode_starts[ep]
+        ids = self.episode_ids
+        return [f"{ids[e]}:{t}" for e, t in zip(ep.tolist(), steps.tolist())]
 
     def keys(self, group: str) -> list[str]:
         return sorted(k for k, _ in self.root[group].arrays()) if group in self.root else []
@@ -764,7 +820,13 @@ class TrajectoryDataset:
                 "goal": ep.goal,
                 "tier": ep.tier,
                 "source": ep.source,
+                EPISODE_ID: uuid.uuid4().hex,  # a new identity, also when this row held a killed append's leftovers
             }
+            if EPISODE_ID not in meta:  # a store from before identities: keep the ids derived until now
+                derived = self._derived_episode_ids()
+                _create(meta, EPISODE_ID, shape=(e,), chunks=(STEP_CHUNK,), dtype=str)
+                if e:
+                    meta[EPISODE_ID][:e] = np.asarray(derived.tolist(), dtype=object)
             for name, value in row.items():
                 arr = meta[name]
                 arr.resize((e + 1,))

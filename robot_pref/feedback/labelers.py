@@ -2,8 +2,10 @@
 
 A labeler is chosen by ``type`` (vlm, clip, teacher, replay, or any registered name / lazy
 ``"module:Class"``). The cache key of a query hashes what decides its answer: both frames'
-bytes (or the frame indices, for labelers that read ground truth by index), the goal text and
-the labeler's `settings()` (type, model, prompt version ...), so a rerun never asks twice.
+bytes (or, for labelers that answer by frame index, the frames' identities: episode id + step,
+see `TrajectoryDataset.frame_ids`), the goal text and the labeler's `settings()` (type, model,
+prompt version ...), so a rerun never asks twice and a new dataset at the same path never gets
+another dataset's answers.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Labeler:
 
     def __init__(self, cfg: Any, goal: str, dataset=None):
         self.cfg, self.goal = cfg, goal
+        self.dataset = dataset  # index-based labelers key on its frame identities
 
     def settings(self) -> dict:
         """Everything that changes an answer (goes into the cache key; never secrets)."""
@@ -100,6 +103,11 @@ class Labeler:
     def query_keys(self, index_a: np.ndarray, index_b: np.ndarray, frames_a=None, frames_b=None) -> list[str]:
         head = hashlib.sha256(json.dumps({"type": self.type, "goal": self.goal, **self.settings()},
                                          sort_keys=True).encode())
+        if not self.uses_frames:
+            if self.dataset is None:
+                raise ValueError(f"the {self.type} labeler answers by frame index: construct it with the "
+                                 "dataset (dataset=...) so its keys name which dataset's frames they mean")
+            ids_a, ids_b = self.dataset.frame_ids(index_a), self.dataset.frame_ids(index_b)
         keys = []
         for i in range(len(index_a)):
             h = head.copy()
@@ -108,6 +116,6 @@ class Labeler:
                     h.update(repr(f.shape).encode())
                     h.update(np.ascontiguousarray(f).tobytes())
             else:
-                h.update(f"{int(index_a[i])},{int(index_b[i])}".encode())
+                h.update(f"{ids_a[i]},{ids_b[i]}".encode())
             keys.append(h.hexdigest())
         return keys

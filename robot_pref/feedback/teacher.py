@@ -75,7 +75,9 @@ class TeacherLabeler(Labeler):
         self.avg_return = float(np.mean(self.reward)) * cfg.segment
 
     def settings(self) -> dict:
-        return {**self.params, "segment": self.cfg.segment, "seed": self.cfg.seed}
+        thresholds = self.params["skip"] > 0 or self.params["equal"] > 0  # relative to the dataset's mean return
+        return {**self.params, "segment": self.cfg.segment, "seed": self.cfg.seed,
+                **({"avg_return": self.avg_return} if thresholds else {})}
 
     def decide(self, index_a: np.ndarray, index_b: np.ndarray, keys: list[str]):
         """Labels (0/1/-1) and a skip mask, vectorised over pairs."""
