@@ -201,3 +201,12 @@ def test_appended_episodes_keep_earlier_answers(tmp_path):
     teacher = labeler_class("teacher")(TeacherConfig(), goal, dataset=TrajectoryDataset.open(ds.path))
     with LabelStore(out / "store.sqlite") as store:
         assert len(store.get(teacher.query_keys(labels.index_a, labels.index_b))) == 30
+
+
+def test_tables_exported_with_unparsable_rows_load_without_them(tmp_path):
+    """Tables from before unparsable replies were failures held them as -1 ties: they never reach training."""
+    LabelSet.from_arrays([1, 2, 3], [4, 5, 6], [0, -1, -1],
+                         status=np.array(["labeled", "unparsable", "abstained"])).save(tmp_path)
+    back = load_labels(tmp_path)
+    np.testing.assert_array_equal(back.index_a, [1, 3])
+    np.testing.assert_array_equal(back.label, [0, -1])

@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -72,7 +73,7 @@ def test_two_stage_labels_follow_the_images(ds, tmp_path, ray_session):
     assert "red square covering about" in raw and "[label]" in raw  # the analysis is kept with the answer
 
 
-def test_faults_are_retried_and_garbage_becomes_minus_one(ds, tmp_path, ray_session):
+def test_faults_are_retried_and_garbage_is_a_failure_asked_again(ds, tmp_path, ray_session):
     plan: dict[str, str | None] = {}
     cycle = ["429", "500", "drop", "slow", "garbage", "always-500", None]
 
@@ -104,22 +105,27 @@ def test_faults_are_retried_and_garbage_becomes_minus_one(ds, tmp_path, ray_sess
         assert all(analysis[q][1] - analysis[q][0] >= 0.95 for q in by_fault["429"])  # Retry-After: 1 honoured
         assert all(analysis[q][1] - analysis[q][0] >= 0.95 for q in by_fault["slow"])  # the 1 s timeout fired
         counts = summary["counts"]
-        assert counts["failed"] == 3 and counts["answered"] == n - 3 and counts["unparsable"] == 3
+        assert counts["failed"] == 3 and counts["answered"] == n - 6 and counts["unparsable"] == 3
         labels = load_labels(tmp_path)
-        assert len(labels) == n - 3
-        hashes = [query_hash(ds, a, b) for a, b in zip(labels.index_a, labels.index_b)]
-        garbage = np.array([h in by_fault["garbage"] for h in hashes])
-        assert (labels.label[garbage] == -1).all() and (labels.extra["status"][garbage] == "unparsable").all()
-        np.testing.assert_array_equal(labels.label[~garbage], truth(ds, labels)[~garbage])
+        assert len(labels) == n - 6 and set(labels.extra["status"]) <= {"labeled", "abstained"}
+        hashes = {query_hash(ds, a, b) for a, b in zip(labels.index_a, labels.index_b)}
+        assert hashes.isdisjoint(by_fault["garbage"])  # an unparsable reply is no tie
+        np.testing.assert_array_equal(labels.label, truth(ds, labels))
         with sqlite3.connect(tmp_path / "store.sqlite") as conn:
             raws = [r[0] for r in conn.execute("SELECT raw FROM answers WHERE status = 'unparsable'")]
         assert len(raws) == 3 and all(GARBAGE in r for r in raws)  # the raw text is kept
-        # failed queries were not stored: a rerun asks exactly those again, and nothing else
+        # failed queries were not stored and unparsable ones are tried again: a rerun asks exactly those
         plan.update({q: None for q in by_fault["always-500"]})
         again = label(cfg)
         asked = {r.query for r in srv.requests[len(first):] if r.kind == "analysis"}
-    assert asked == set(by_fault["always-500"])
-    assert again["counts"]["cached"] == n - 3 and again["counts"]["answered"] == 3
+    assert asked == set(by_fault["always-500"]) | set(by_fault["garbage"])
+    assert again["counts"]["cached"] == n - 6 and again["counts"]["answered"] == 6
+    labels = load_labels(tmp_path)
+    assert len(labels) == n
+    np.testing.assert_array_equal(labels.label, truth(ds, labels))
+    with sqlite3.connect(tmp_path / "store.sqlite") as conn:
+        metas = [json.loads(m) for (m,) in conn.execute("SELECT meta FROM answers") if "earlier_raw" in m]
+    assert len(metas) == 3 and all(m["tries"] == 2 and GARBAGE in m["earlier_raw"][0] for m in metas)
 
 
 def frame_queries(ds, n):
@@ -194,3 +200,76 @@ def test_killed_run_resumes_without_asking_twice_and_never_writes_the_key(ds, tm
     leaks = [p for p in places if p.is_file() and key.encode() in p.read_bytes()]
     assert not leaks
     assert b"label[vlm]" in logs[1].read_bytes()  # the progress bar ran
+
+
+def test_unparsable_replies_are_retried_up_to_three_tries_and_never_exported(ds, tmp_path, ray_session):
+    """Empty and truncated analyses fail without a labeling call; garbage is asked 3 times in all."""
+    from robot_pref.reward.train import make_pairs
+
+    groups = ["garbage", "empty", "truncated", None]
+    plan: dict[str, str | None] = {}
+
+    def faults(req):
+        if req.kind != "analysis":
+            return None
+        fault = plan.setdefault(req.query, groups[len(plan) % len(groups)])
+        return fault if fault == "garbage" or req.attempt == 0 else None
+
+    n = 8
+    with MockVLM(faults=faults) as srv:
+        cfg = LabelConfig(dataset=ds.path, camera="agentview", labeler="vlm", pairs=n, out=str(tmp_path),
+                          progress=False, vlm=VLMConfig(base_url=srv.url, model="mock", concurrency=4))
+        runs, asked = [], []
+        for _ in range(4):
+            start = len(srv.requests)
+            runs.append(label(cfg)["counts"])
+            asked.append([r for r in srv.requests[start:]])
+            if len(runs) == 1:
+                first = load_labels(tmp_path)
+    by = {g: {q for q, f in plan.items() if f == g} for g in groups}
+    # run 1: 8 analyses; only the usable ones (4 good + 2 garbage) reach the labeling call
+    assert sum(r.kind == "analysis" for r in asked[0]) == n and sum(r.kind == "label" for r in asked[0]) == 4
+    assert runs[0]["unparsable"] == 6 and runs[0]["answered"] == 2 and runs[0]["given_up"] == 0
+    assert len(first) == 2 and (first.label != -1).all()
+    assert not (make_pairs(first.index_a, first.index_b, first.label, ties="soft").y == 0.5).any()
+    # run 2 asks the 6 failures again (the empty/truncated ones now answer); runs 3 asks garbage a 3rd time
+    assert {r.query for r in asked[1] if r.kind == "analysis"} == by["garbage"] | by["empty"] | by["truncated"]
+    assert runs[1]["cached"] == 2 and runs[1]["answered"] == 4 and runs[1]["unparsable"] == 2
+    assert {r.query for r in asked[2] if r.kind == "analysis"} == by["garbage"] and runs[2]["given_up"] == 2
+    assert asked[3] == [] and runs[3]["given_up"] == 2 and runs[3]["cached"] == 6  # 3 tries: given up
+    labels = load_labels(tmp_path)
+    assert len(labels) == 6
+    np.testing.assert_array_equal(labels.label, truth(ds, labels))
+    with sqlite3.connect(tmp_path / "store.sqlite") as conn:
+        rows = conn.execute("SELECT label, raw, meta FROM answers WHERE status = 'unparsable'").fetchall()
+    assert len(rows) == 2 and all(json.loads(m)["tries"] == 3 for _, _, m in rows)
+    assert all(GARBAGE in raw and len(json.loads(m)["earlier_raw"]) == 2 for _, raw, m in rows)
+
+
+def test_empty_or_cut_off_analysis_is_not_passed_to_the_label_call(ds):
+    for fault, reason in (("empty", "analysis empty"), ("truncated", "analysis truncated")):
+        with MockVLM(faults=lambda r, f=fault: f if r.kind == "analysis" else None) as srv:
+            lab = VLMLabeler(VLMConfig(base_url=srv.url, model="m"), GOAL, api_key=Secret("x"))
+            answers = asyncio.run(lab.label(frame_queries(ds, 2)))
+            kinds = [r.kind for r in srv.requests]
+        assert kinds == ["analysis", "analysis"]  # no labeling call was made
+        assert all(a.status == "unparsable" and a.meta["reason"].startswith(reason) for a in answers)
+        if fault == "truncated":
+            assert all("red square covering" in a.raw for a in answers)  # the partial text is kept
+
+
+def test_endpoint_is_part_of_the_cache_key(ds, tmp_path, ray_session):
+    from robot_pref.feedback.vlm import endpoint_identity
+
+    assert endpoint_identity("HTTP://LocalHost:80/v1/") == endpoint_identity("http://localhost/v1")
+    assert endpoint_identity("https://u:sk-secret@api.x.com/v1?api-key=sk-secret&api-version=2") == (
+        "https://api.x.com/v1?api-version=2")
+    assert endpoint_identity("http://127.0.0.1:8000/v1") != endpoint_identity("http://127.0.0.1:8001/v1")
+    counts = []
+    with MockVLM() as one, MockVLM() as two:
+        for srv in (one, two, one):
+            counts.append(label(LabelConfig(dataset=ds.path, camera="agentview", labeler="vlm", pairs=6,
+                                            out=str(tmp_path), progress=False,
+                                            vlm=VLMConfig(base_url=srv.url + "/", model="same-name")))["counts"])
+        assert len(one.requests) == len(two.requests) == 12  # the second server was asked everything
+    assert [c["cached"] for c in counts] == [0, 0, 6]

@@ -4,8 +4,8 @@ For tests, benchmarks and dry runs of the VLM labeler without a model: it speaks
 protocol over HTTP on 127.0.0.1, decodes the images it is sent, writes an RL-VLM-F style
 analysis ("the red square covers about 12.3% of the view ...") and answers the labeling call
 from that analysis, so two-stage queries really depend on the first stage. Faults are injected
-per request by a callable (429 with Retry-After, 500, slow answers, garbage text, dropped
-connections), and every request is recorded.
+per request by a callable (429 with Retry-After, 500, slow answers, garbage text, empty replies,
+replies cut off at max_tokens, dropped connections), and every request is recorded.
 
     with MockVLM(latency=0.3) as server:     # server.url -> http://127.0.0.1:PORT/v1
         ...
@@ -46,7 +46,8 @@ class Request:
 
 
 class MockVLM:
-    """``faults(request) -> None | "429" | "500" | "slow" | "garbage" | "drop"`` picks a fault per request."""
+    """``faults(request) -> None | "429" | "500" | "slow" | "garbage" | "empty" | "truncated" | "drop"``
+    picks a fault per request ("truncated": the first half of the reply, finish_reason "length")."""
 
     def __init__(self, latency: float = 0.0, faults: Callable[[Request], str | None] | None = None,
                  retry_after: str = "1", slow_s: float = 5.0, api_key: str | None = None, tie_margin: float = 0.002):
@@ -144,13 +145,18 @@ class MockVLM:
             record.fault = self.faults(record) if self.faults else None
             self.requests.append(record)
         fault = record.fault
+        finish = "stop"
         if fault == "garbage":
             reply = GARBAGE
+        elif fault == "empty":
+            reply = ""
         elif kind == "label":
             reply = self.answer_from_analysis(text)
         else:
             analysis, answer = self.judge([decode(u) for u in images])
             reply = answer if kind == "single" else analysis
+        if fault == "truncated":
+            reply, finish = reply[: len(reply) // 2], "length"
         time.sleep(max(0.0, self.latency - (time.monotonic() - record.t)))  # latency = arrival to answer
         if fault == "429":
             return self._send(h, 429, {"error": {"message": "rate limited", "type": "rate_limit_error"}},
@@ -168,7 +174,7 @@ class MockVLM:
         self._send(h, 200, {
             "id": f"chatcmpl-{query[:12]}", "object": "chat.completion", "created": int(time.time()),
             "model": req.get("model", "mock"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": finish}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         })

@@ -14,7 +14,7 @@ import numpy as np
 
 from robot_pref.data.dataset import TrajectoryDataset
 from robot_pref.feedback.config import LabelReportConfig
-from robot_pref.feedback.store import UNPARSABLE, LabelSet, load_labels
+from robot_pref.feedback.store import LabelSet, load_labels
 
 TRUTH_NAMES = {0: "a_better", 1: "b_better", -1: "tie"}
 
@@ -60,8 +60,6 @@ def label_quality(labels: LabelSet, reward: np.ndarray, bins: int = 8) -> dict:
 def cost_summary(labels: LabelSet) -> dict:
     x = labels.extra
     out: dict = {}
-    if "status" in x:
-        out["unparsable"] = int(np.sum(x["status"] == UNPARSABLE))
     lat = x.get("latency_s", np.zeros(0))
     lat = lat[np.isfinite(lat)] if len(lat) else lat
     if len(lat):

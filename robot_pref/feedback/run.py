@@ -3,7 +3,8 @@
 The driver reads frames, hashes each query and serves what the store already holds; the rest
 goes to the labeler: in-process for cheap labelers (teacher, replay), or to Ray actors for vlm
 (async client actors, many requests each) and clip (batched scoring, GPU share when present).
-Answers are committed as they arrive, so an interrupted run resumes where it stopped.
+Answers are committed as they arrive, so an interrupted run resumes where it stopped. A stored
+unparsable reply is asked again until it has been tried `MAX_TRIES` times; only labels are exported.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from robot_pref.data.dataset import DatasetError, TrajectoryDataset
 from robot_pref.feedback.config import LabelConfig
 from robot_pref.feedback.labelers import Labeler, Query, labeler_class
 from robot_pref.feedback.samplers import make_sampler
-from robot_pref.feedback.store import (FAILED, LABEL_STATUSES, SKIPPED, STORE_NAME, UNPARSABLE, Answer,
+from robot_pref.feedback.store import (FAILED, LABEL_STATUSES, MAX_TRIES, SKIPPED, STORE_NAME, UNPARSABLE, Answer,
                                        LabelStore, answers_to_label_set)
 
 log = logging.getLogger(__name__)
@@ -151,19 +152,32 @@ def label(cfg: LabelConfig) -> dict:
     run_id = store.start_run({"config": dataclasses.asdict(cfg), "settings": settings})
     results: list[Answer | None] = [None] * n
     positions: dict[str, list[int]] = {}  # query key -> pair positions (equal content asks once)
-    counts = collections.Counter({k: 0 for k in ("answered", "cached", "abstained", "failed", "skipped")})
+    earlier: dict[str, Answer] = {}  # query key -> its stored unparsable reply, asked again now
+    counts = collections.Counter({k: 0 for k in ("answered", "cached", "abstained", "failed", "skipped",
+                                                 "unparsable", "given_up")})
     bar = tqdm(total=n, desc=f"label[{cls.type}]", unit="pair", disable=not cfg.progress)
 
     def record(pos: int, ans: Answer, cached: bool) -> None:
         results[pos] = dataclasses.replace(ans, index_a=int(index_a[pos]), index_b=int(index_b[pos]))
         if ans.status == FAILED:
             counts["failed"] += 1
+        elif ans.status == UNPARSABLE:
+            counts["unparsable"] += 1
+            counts["given_up"] += ans.meta.get("tries", 1) >= MAX_TRIES
         elif ans.status == SKIPPED:
             counts["skipped"] += 1
         else:
             counts["cached" if cached else "answered"] += 1
             counts["abstained"] += ans.label == -1
         bar.update(1)
+
+    def count_try(ans: Answer, before: Answer | None) -> None:
+        """Number the model's replies to this pair over all runs; earlier unparsable texts are kept."""
+        if ans.status == FAILED or (before is None and ans.status != UNPARSABLE):  # no reply, or a first label
+            return
+        ans.meta["tries"] = (before.meta.get("tries", 1) if before else 0) + 1
+        if before:
+            ans.meta["earlier_raw"] = [*before.meta.get("earlier_raw", []), before.raw]
 
     def batches() -> Iterator[list[Query]]:
         """Uncached queries in the labeler's batch size, honouring the query budget."""
@@ -176,11 +190,15 @@ def label(cfg: LabelConfig) -> dict:
             keys = labeler.query_keys(ia, ib, fa, fb)
             cached = store.get(keys)
             for j, key in enumerate(keys):
-                if key in cached:
+                retry = key in cached and cached[key].status == UNPARSABLE and (
+                    cached[key].meta.get("tries", 1) < MAX_TRIES)
+                if key in cached and not retry:
                     record(s + j, cached[key], cached=True)
                 elif key in positions:
                     positions[key].append(s + j)
                 elif not cfg.budget or asked < cfg.budget:
+                    if retry:
+                        earlier[key] = cached[key]
                     positions[key] = [s + j]
                     todo.append(Query(key, int(ia[j]), int(ib[j]), None if fa is None else fa[j],
                                       None if fb is None else fb[j]))
@@ -199,6 +217,8 @@ def label(cfg: LabelConfig) -> dict:
         stream = (asyncio.run(labeler.label(batch)) for batch in batches())
     try:
         for answers in stream:
+            for ans in answers:
+                count_try(ans, earlier.get(ans.key))
             store.put(answers)  # one transaction per arriving batch (VLM: per answer)
             for ans in answers:
                 for pos in positions.pop(ans.key):
@@ -213,7 +233,6 @@ def label(cfg: LabelConfig) -> dict:
         done = [a for a in results if a is not None and a.status in LABEL_STATUSES]
         answers_to_label_set(done).save(out)
         counts.update({"pairs": n, "labels": len(done), "not_asked": sum(a is None for a in results)})
-        counts["unparsable"] = sum(a.status == UNPARSABLE for a in done)
         summary = {"dataset": str(cfg.dataset), "out": str(out), "labeler": cls.type, "frame_key": frame_key,
                    "goal": goal, "settings": settings, "counts": dict(counts),
                    "wall_s": round(time.perf_counter() - t0, 3), "config": dataclasses.asdict(cfg)}
@@ -225,5 +244,11 @@ def label(cfg: LabelConfig) -> dict:
                     cfg.budget, counts["not_asked"])
     if counts["failed"]:
         log.warning("%d queries failed after retries; rerun to ask them again", counts["failed"])
+    if counts["unparsable"] > counts["given_up"]:
+        log.warning("%d replies held no label (kept with their text in %s, not exported); rerun to ask them "
+                    "again (at most %d tries per pair)", counts["unparsable"] - counts["given_up"], out / STORE_NAME,
+                    MAX_TRIES)
+    if counts["given_up"]:
+        log.warning("%d pairs gave no label in %d tries and are not asked again", counts["given_up"], MAX_TRIES)
     log.info("labels: %s -> %s", dict(counts), out)
     return summary

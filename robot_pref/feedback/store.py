@@ -3,14 +3,19 @@
 A labels directory (``robot-pref label --out DIR``, beside the dataset) holds:
 
     store.sqlite    every answer ever received, keyed by the content hash of its query
-                    (both frames, goal, labeler type + settings, prompt version); one commit per
-                    answer in WAL mode, so `kill -9` loses at most the answers still in flight and
-                    a rerun asks nothing twice
+                    (both frames or, for index-based labelers, the frames' dataset identity; goal,
+                    labeler type + settings, prompt version, endpoint); one commit per answer in
+                    WAL mode, so `kill -9` loses at most the answers still in flight and a rerun
+                    asks nothing twice
     labels.npz      the exported pairs of the last run: index_a, index_b, label (+ metadata columns)
     labels.csv      the same as a plain table
     label_run.json  the run's settings (never the API key) and counts
 
-Labels: 0 = frame a better, 1 = frame b better, -1 = tie / unsure / unparsable.
+Labels: 0 = frame a better, 1 = frame b better, -1 = tie / unsure. A reply no label can be read
+from (``unparsable``: garbage, truncated, or an empty/truncated first-stage analysis) is a
+failure, not a tie: it is stored with its raw text and its try count, never exported, and asked
+again on the next run until `MAX_TRIES` tries per pair. Request failures (``failed``) are not
+stored at all, so the next run asks them again.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ STORE_NAME = "store.sqlite"
 TABLE_NAME = "labels.npz"
 CSV_NAME = "labels.csv"
 LABELED, ABSTAINED, UNPARSABLE, SKIPPED, FAILED = "labeled", "abstained", "unparsable", "skipped", "failed"
-LABEL_STATUSES = (LABELED, ABSTAINED, UNPARSABLE)  # answers that are labels (skipped/failed are not)
+LABEL_STATUSES = (LABELED, ABSTAINED)  # answers that are labels (skipped, unparsable and failed are not)
+MAX_TRIES = 3  # replies asked for per pair, over all runs, while they come back unparsable
 
 
 @dataclass
@@ -106,6 +112,9 @@ def load_labels(path: str | Path) -> LabelSet:
     if table.is_file():
         with np.load(table, allow_pickle=False) as data:
             cols = {k: data[k] for k in data.files}
+        if "status" in cols:  # tables exported before unparsable replies were failures held them as ties
+            keep = np.isin(cols["status"], LABEL_STATUSES)
+            cols = {k: v[keep] for k, v in cols.items()}
         return LabelSet(cols.pop("index_a"), cols.pop("index_b"), cols.pop("label"), cols)
     if (path / STORE_NAME).is_file():  # a run killed before its export: everything answered so far
         with LabelStore(path / STORE_NAME) as store:

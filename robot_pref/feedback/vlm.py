@@ -6,6 +6,10 @@ Async with bounded concurrency (one semaphore slot per query), a requests-per-mi
 retries with exponential backoff on 429 / 5xx / timeouts / dropped connections that honour
 Retry-After, and latency / tokens / estimated cost recorded per query. The API key is read
 from the environment variable the config names and is held as a `Secret`.
+
+A reply that holds no label (no 0 / 1 / -1 line, cut off at max_tokens, or an empty or truncated
+first-stage analysis, which is never pasted into the labeling call) is ``unparsable``: a
+failure kept with its raw text, asked again on later runs (see `robot_pref.feedback.store`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import random
 import re
 import time
+import urllib.parse
 
 import numpy as np
 
@@ -89,6 +94,31 @@ def parse_label(text: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
+SECRET_QUERY = ("key", "token", "secret", "sig", "auth", "password")
+
+
+def endpoint_identity(base_url: str) -> str:
+    """The endpoint as part of the cache key: scheme and host lower-cased, default port and trailing
+    slash dropped; credentials (user:password@, key/token query parameters) never included."""
+    u = urllib.parse.urlsplit(base_url.strip())
+    scheme, host = u.scheme.lower(), (u.hostname or "").lower()
+    port = u.port if u.port and (scheme, u.port) not in (("http", 80), ("https", 443)) else None
+    netloc = f"[{host}]" if ":" in host else host
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(u.query, keep_blank_values=True)
+             if not any(word in k.lower() for word in SECRET_QUERY)]
+    return urllib.parse.urlunsplit((scheme, netloc + (f":{port}" if port else ""), u.path.rstrip("/"),
+                                    urllib.parse.urlencode(sorted(query)), ""))
+
+
+def reply_problem(text: str, finish_reason: str | None) -> str | None:
+    """Why a reply cannot be used as it is (empty, cut off at max_tokens), or None."""
+    if finish_reason == "length":
+        return "truncated (finish_reason=length; raise --vlm.max-tokens)"
+    if not text.strip():
+        return "empty"
+    return None
+
+
 def retry_after_s(headers) -> float | None:
     """Seconds the server asked us to wait (retry-after-ms, or Retry-After as seconds or HTTP date)."""
     if headers is None:
@@ -123,7 +153,7 @@ class VLMLabeler(Labeler):
 
     def settings(self) -> dict:
         c = self.cfg
-        return {"model": c.model, "prompt": c.prompt, "prompt_version": PROMPT_VERSION, "temperature": c.temperature,
+        return {"endpoint": endpoint_identity(c.base_url), "model": c.model, "prompt": c.prompt, "prompt_version": PROMPT_VERSION, "temperature": c.temperature,
                 "max_tokens": c.max_tokens, "image_format": c.image_format, "image_size": c.image_size,
                 **({"jpeg_quality": c.jpeg_quality} if c.image_format == "jpeg" else {})}
 
@@ -168,23 +198,32 @@ class VLMLabeler(Labeler):
             try:
                 url_a, url_b = encode_image(q.frame_a, self.cfg), encode_image(q.frame_b, self.cfg)
                 fmt = {"goal": self.goal, "answer_format": ANSWER_FORMAT}
+                problem = None
                 if self.cfg.prompt == "two-stage":
                     questions = QUESTIONS.format(goal=self.goal)
-                    analysis = await self.complete(image_messages(url_a, url_b, questions), usage)
-                    text = await self.complete([{"role": "user", "content": LABEL_PROMPT.format(
-                        questions=questions, analysis=analysis, **fmt)}], usage)
-                    raw = f"{analysis}\n\n[label]\n{text}"
+                    analysis, finish = await self.complete(image_messages(url_a, url_b, questions), usage)
+                    problem = reply_problem(analysis, finish)
+                    if problem:  # never paste a missing or cut-off analysis into the labeling call
+                        text, raw, problem = "", analysis, f"analysis {problem}"
+                    else:
+                        text, finish = await self.complete([{"role": "user", "content": LABEL_PROMPT.format(
+                            questions=questions, analysis=analysis, **fmt)}], usage)
+                        raw = f"{analysis}\n\n[label]\n{text}"
                 else:
-                    text = await self.complete(image_messages(url_a, url_b, SINGLE_PROMPT.format(**fmt)), usage)
+                    text, finish = await self.complete(image_messages(url_a, url_b, SINGLE_PROMPT.format(**fmt)),
+                                                       usage)
                     raw = text
             except RequestFailed as err:
                 return q.answer(-1, FAILED, str(err), latency_s=time.perf_counter() - t0, **usage)
-            label = parse_label(text)
+            problem = problem or reply_problem(text, finish)
+            label = None if problem else parse_label(text)
+            if label is None and not problem:
+                problem = "no line of 0, 1 or -1 at the end of the reply"
             status = UNPARSABLE if label is None else ABSTAINED if label == -1 else LABELED
             cost = (usage["prompt_tokens"] * self.cfg.price_input_per_mtok
                     + usage["completion_tokens"] * self.cfg.price_output_per_mtok) / 1e6
             return q.answer(-1 if label is None else label, status, raw, latency_s=time.perf_counter() - t0,
-                            cost_usd=cost, model=self.cfg.model, **usage)
+                            cost_usd=cost, model=self.cfg.model, **usage, **({"reason": problem} if problem else {}))
 
     async def _throttle(self) -> None:
         if self.interval:
@@ -193,8 +232,8 @@ class VLMLabeler(Labeler):
             self._next_slot = slot + self.interval
             await asyncio.sleep(slot - now)
 
-    async def complete(self, messages: list[dict], usage: dict) -> str:
-        """One chat completion with retries; returns the reply text ('' if the reply had none)."""
+    async def complete(self, messages: list[dict], usage: dict) -> tuple[str, str | None]:
+        """One chat completion with retries: the reply text ('' if it had none) and its finish_reason."""
         import openai
         from openai.types.chat import ChatCompletion
 
@@ -222,7 +261,9 @@ class VLMLabeler(Labeler):
                 if resp.usage is not None:
                     usage["prompt_tokens"] += resp.usage.prompt_tokens or 0
                     usage["completion_tokens"] += resp.usage.completion_tokens or 0
-                return (resp.choices[0].message.content or "") if resp.choices else ""
+                if not resp.choices:
+                    return "", None
+                return resp.choices[0].message.content or "", resp.choices[0].finish_reason
             if attempt == self.cfg.max_retries:
                 break
             if wait is None:
