@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
+import threading
 
-from robot_pref.hardware.config import RolloutConfig, ServeConfig, TeleopConfig
+from robot_pref.hardware.config import TOKEN_ENV, RolloutConfig, ServeConfig, TeleopConfig
+
+log = logging.getLogger(__name__)
+
+
+def token(given: str | None) -> str | None:
+    """The server token: ``given`` (--token or a config file) warns, since other users can read it; else the env."""
+    if given:
+        log.warning("a token given as --token (or in a config file) is readable by other users (ps, shell history); "
+                    "export %s=SECRET instead", TOKEN_ENV)
+    return given or os.environ.get(TOKEN_ENV)
+
+
+def _stdin_lines():
+    """Lines typed at this terminal (os.read: a daemon thread blocked in sys.stdin would hang exit)."""
+    buf = b""
+    while chunk := os.read(0, 1024):
+        *lines, buf = (buf + chunk).split(b"\n")
+        yield from (line.decode(errors="replace") for line in lines)
 
 
 def serve(cfg: ServeConfig) -> None:
@@ -17,10 +37,13 @@ def serve(cfg: ServeConfig) -> None:
         raise ValueError("serve wraps a local backend (sim:TASK, fake, ur:IP, franka:IP), not remote:")
     robot = open_robot(cfg.robot, cameras=cfg.cameras, size=cfg.size, safety=cfg.safety, seed=cfg.seed,
                        watchdog=True)
-    server = RobotServer(robot, cfg.host, cfg.port, token=cfg.token or os.environ.get("ROBOT_PREF_TOKEN"))
+    server = RobotServer(robot, cfg.host, cfg.port, token=token(cfg.token))
     server.robot.connect()  # the slow part (building the sim, reaching the arm) before announcing the port
     print(f"serving {cfg.robot} on tcp://{cfg.host}:{server.port} (Ctrl-C stops; the arm is stopped on exit)",
           flush=True)
+    if sys.stdin is not None and sys.stdin.isatty():  # the operator at the robot releases emergency stops
+        print("type 'release' + Enter here to release an emergency stop", flush=True)
+        threading.Thread(target=server.console, args=(_stdin_lines(),), name="robot-console", daemon=True).start()
     def interrupt(*_):
         raise KeyboardInterrupt
 
@@ -45,12 +68,14 @@ def _robot_errors(command: str, func, cfg):
 def teleop(cfg: TeleopConfig) -> dict:
     from robot_pref.hardware.teleop import teleop
 
+    token(cfg.token)
     return _robot_errors("teleop", teleop, cfg)
 
 
 def rollout(cfg: RolloutConfig) -> dict:
     from robot_pref.hardware.rollout import rollout
 
+    token(cfg.token)
     return _robot_errors("rollout", rollout, cfg)
 
 

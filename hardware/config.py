@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 ROBOTS = "sim:TASK, remote:HOST:PORT, fake, ur:IP, franka:IP"
+TOKEN_ENV = "ROBOT_PREF_TOKEN"
+TOKEN_HELP = f"server token; prefer the {TOKEN_ENV} env var (a flag shows in ps)"
 
 
 @dataclass
@@ -32,7 +34,11 @@ class RolloutConfig:
     stop_at_success: bool = field(default=True, metadata={"help": "end an episode at its first success row"})
     record: str = field(default="", metadata={"help": "append the rollouts to this zarr dataset"})
     realtime: bool | None = field(default=None, metadata={"help": "pace at control_freq (default: unless sim)"})
-    token: str | None = field(default=None, metadata={"help": "server token (or ROBOT_PREF_TOKEN)"})
+    token: str | None = field(default=None, metadata={"help": TOKEN_HELP})
+    on_fault: Literal["stop", "skip"] | None = field(
+        default=None, metadata={"help": "after a safety fault: skip = end that episode, recover, go on; stop = end "
+                                        "the run for the operator (default: skip on simulated arms, stop on real)"})
+    recover: bool = field(default=False, metadata={"help": "clear a fault left latched (not an e-stop) before starting"})
     out: str = field(default="", metadata={"help": "write the summary JSON here"})
     device: str | None = field(default=None, metadata={"help": "torch device for the policy (default: cuda if any)"})
     safety: SafetyConfig = field(default_factory=SafetyConfig)
@@ -54,7 +60,7 @@ class TeleopConfig:
     max_steps: int = field(default=0, metadata={"help": "auto-save an episode at this length (0 = task horizon)"})
     seed: int = field(default=0, metadata={"help": "episode k resets the sim scene with seed + k"})
     speed: float = field(default=0.5, metadata={"help": "keyboard action magnitude in [0, 1]"})
-    token: str | None = field(default=None, metadata={"help": "server token (or ROBOT_PREF_TOKEN)"})
+    token: str | None = field(default=None, metadata={"help": TOKEN_HELP})
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
@@ -63,7 +69,8 @@ class ServeConfig:
     robot: str = field(default="sim:lift", metadata={"help": "backend to serve: sim:TASK, fake, ur:IP, franka:IP"})
     host: str = field(default="127.0.0.1", metadata={"help": "bind address (non-loopback needs --token)"})
     port: int = field(default=5555, metadata={"help": "TCP port"})
-    token: str | None = field(default=None, metadata={"help": "shared secret clients must send (or ROBOT_PREF_TOKEN)"})
+    token: str | None = field(default=None, metadata={"help": "shared secret clients must send; prefer the "
+                                                              "ROBOT_PREF_TOKEN env var (a flag shows in ps)"})
     cameras: tuple[str, ...] = field(default=(), metadata={"help": "cameras to stream (sim), e.g. agentview"})
     size: int = field(default=84, metadata={"help": "frame size in pixels"})
     seed: int | None = field(default=None, metadata={"help": "seed of the first sim reset"})

@@ -21,6 +21,10 @@ HOME = (0.0, 0.2, 0.0, -2.6, 0.0, 2.9, 0.8)
 HOME_EE = (0.45, 0.0, 0.3)
 
 
+def _hand(joints: np.ndarray) -> np.ndarray:
+    return np.asarray(HOME_EE) + _J @ (np.asarray(joints, float) - np.asarray(HOME))
+
+
 class FakeArm(Robot):
     def __init__(self, control_freq: float = 20.0):
         self.info = RobotInfo(
@@ -49,11 +53,11 @@ class FakeArm(Robot):
         self.connected = False
 
     def forward_kinematics(self, joints: np.ndarray) -> np.ndarray:
-        return np.asarray(HOME_EE) + _J @ (np.asarray(joints, float) - np.asarray(HOME))
+        return _hand(joints)
 
     def observe(self, frames: bool = True) -> Observation:
         t = time.monotonic()
-        ee, quat = self.forward_kinematics(self.q), self.rot.as_quat()
+        ee, quat = _hand(self.q), self.rot.as_quat()
         low = np.concatenate([self.q, ee, quat, [self.grip]]).astype(np.float32)
         return Observation(joint_pos=self.q.copy(), joint_vel=self.qd.copy(), ee_pos=ee, ee_quat=quat,
                            gripper=self.grip, low_dim=low, state=np.concatenate([self.q, self.qd, [self.grip]]),

@@ -31,7 +31,15 @@ MODES = ("ee_delta", "joint_pos")
 
 
 class SafetyFault(RuntimeError):
-    """The arm refused a command or stopped by itself; latched until `Robot.recover()`."""
+    """The arm refused a command or stopped by itself; latched until `Robot.recover()`.
+
+    The message says what happened and the fix; ``reason`` is a short kind ("joint_limit", "workspace",
+    "watchdog", "estop", ...) so a rollout can count its faults by reason.
+    """
+
+    def __init__(self, message: str = "", reason: str = "fault"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass

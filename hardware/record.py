@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from robot_pref.data.dataset import DatasetError, Episode, TrajectoryDataset
-from robot_pref.hardware.interface import Observation, Robot, RobotInfo
-from robot_pref.hardware.config import ROBOTS, SafetyConfig
+from robot_pref.hardware.interface import Observation, Robot, RobotInfo, SafetyFault
+from robot_pref.hardware.config import ROBOTS, TOKEN_ENV, SafetyConfig
 from robot_pref.hardware.safety import SafeRobot
 
 def open_robot(name: str, cameras: tuple[str, ...] = (), size: int = 84, safety: SafetyConfig | None = None,
@@ -30,7 +30,7 @@ def open_robot(name: str, cameras: tuple[str, ...] = (), size: int = 84, safety:
             raise ValueError(f"remote robot must look like remote:HOST:PORT (e.g. remote:127.0.0.1:5555), got {name!r}")
         from robot_pref.hardware.remote import RemoteRobot
 
-        return RemoteRobot(host.strip("[]"), int(port), token=token or os.environ.get("ROBOT_PREF_TOKEN"),
+        return RemoteRobot(host.strip("[]"), int(port), token=token or os.environ.get(TOKEN_ENV),
                            timeout_s=timeout_s)
     if kind == "sim":
         from robot_pref.hardware.sim import SimRobot
@@ -68,6 +68,7 @@ class EpisodeRecorder:
     def clear(self) -> None:
         self.rows: list[tuple[Observation, np.ndarray]] = []
         self.t0 = time.monotonic()
+        self.fault: SafetyFault | None = None  # the fault that ended the episode, if one did
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -77,6 +78,9 @@ class EpisodeRecorder:
 
     @property
     def success(self) -> bool | None:
+        """Ground-truth success where known; an episode a fault ended is a failure."""
+        if self.fault is not None:
+            return False
         known = [o.success for o, _ in self.rows if o.success is not None]
         return bool(any(known)) if known else None
 

@@ -15,7 +15,7 @@ from robot_pref.hardware.interface import Observation, Robot, RobotInfo, SafetyF
 from robot_pref.hardware.wire import PROTOCOL, pack, unpack
 
 MOVE_TIMEOUT_S = 60.0  # reset/home move a real arm slowly to its home pose
-ERRORS = {"fault": SafetyFault, "unauthorized": PermissionError, "invalid": ValueError, "malformed": ValueError}
+ERRORS = {"unauthorized": PermissionError, "invalid": ValueError, "malformed": ValueError}
 
 
 class RemoteRobot(Robot):
@@ -71,6 +71,8 @@ class RemoteRobot(Robot):
         self._fault = reply.get("fault")
         if reply.get("ok"):
             return reply.get("result")
+        if reply.get("kind") == "fault":
+            raise SafetyFault(f"{self.address}: {reply.get('error')}", str(reply.get("reason") or "fault"))
         raise ERRORS.get(reply.get("kind"), RuntimeError)(f"{self.address}: {reply.get('error')}")
 
     def observe(self, frames: bool = True) -> Observation:

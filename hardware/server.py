@@ -3,7 +3,8 @@
 One ROUTER socket, one thread answering requests in order (the arm never sees two commands at once).
 It binds to loopback unless told otherwise; binding anywhere else requires a shared token that every
 request must carry. The token keeps stray clients off the arm on a trusted network; it is sent in the
-clear, so across untrusted networks tunnel the port (ssh -L) instead.
+clear, so across untrusted networks tunnel the port (ssh -L) instead. An emergency stop is released only
+here, on the robot side (`console`, or `SafeRobot.clear_estop`): no request can release it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+from collections.abc import Iterable
 
 import numpy as np
 import zmq
@@ -31,7 +33,8 @@ class RobotServer:
                  safety: SafetyConfig | None = None):
         if host not in LOOPBACK and not token:
             raise ValueError(f"binding the robot server to {host!r} exposes the arm to the network; set a shared "
-                             "token (--token SECRET or ROBOT_PREF_TOKEN) that clients must send, or bind 127.0.0.1")
+                             "token clients must send (export ROBOT_PREF_TOKEN=SECRET; --token also works but "
+                             "shows in ps), or bind 127.0.0.1")
         self.robot = robot if isinstance(robot, SafeRobot) else SafeRobot(robot, safety, watchdog=True)
         self.token = token
         self._ctx = zmq.Context.instance()
@@ -107,17 +110,28 @@ class RobotServer:
             return self._error(-1, "malformed", str(err))
         rid = msg["id"]
         if self.token and not hmac.compare_digest(str(msg.get("token") or "").encode(), self.token.encode()):
-            return self._error(rid, "unauthorized", "wrong or missing token; pass the server's --token")
+            return self._error(rid, "unauthorized", "wrong or missing token; set ROBOT_PREF_TOKEN to the server's")
         try:
             result = self._dispatch(msg["op"], msg.get("args", {}))
         except SafetyFault as err:
-            return self._error(rid, "fault", str(err))
+            return {**self._error(rid, "fault", str(err)), "reason": err.reason}
         except (TypeError, ValueError, KeyError) as err:
             return self._error(rid, "invalid", f"{msg['op']}: {err}")
         except Exception as err:  # a backend failure must not take the server down
             log.exception("request %s failed", msg["op"])
             return self._error(rid, "error", f"{msg['op']}: {type(err).__name__}: {err}")
         return {"v": PROTOCOL, "id": rid, "ok": True, "result": result, "fault": self.robot.fault}
+
+    def console(self, lines: Iterable[str], out=None) -> None:
+        """The operator's console on the robot PC: ``release`` releases an emergency stop (and recovers)."""
+        for line in lines:
+            if line.strip() != "release":
+                continue
+            try:
+                self.robot.clear_estop()
+                print("emergency stop released; the arm accepts commands again", file=out, flush=True)
+            except Exception as err:  # e.g. the backend's own stop is still engaged: say so, keep listening
+                print(f"release failed: {err}", file=out, flush=True)
 
     def _error(self, rid: int, kind: str, error: str) -> dict:
         return {"v": PROTOCOL, "id": rid, "ok": False, "kind": kind, "error": error, "fault": self.robot.fault}

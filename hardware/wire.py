@@ -2,6 +2,7 @@
 
 Request  ``{"v": 1, "id": int, "token": str | None, "op": str, "args": {...}}``
 Reply    ``{"v": 1, "id": int, "ok": bool, "result": ..., "error": str, "kind": str, "fault": str | None}``
+         (a ``"fault"`` error also carries the fault's short ``"reason"``)
 
 numpy arrays travel as msgpack extension type 1: a msgpack header ``[dtype, shape]`` followed by the raw
 bytes. Only plain numeric dtypes decode; anything else is a malformed message, so a peer can never make

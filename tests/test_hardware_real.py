@@ -78,7 +78,10 @@ def test_ur_streams_capped_servo_targets_in_the_base_frame(rtde):
         with pytest.raises(SafetyFault):
             robot.send(np.zeros(7))
         rtde.protective = True
-        robot.recover()
+        with pytest.raises(SafetyFault, match="robot side"):
+            robot.recover()  # a recover() (e.g. from a remote client) never releases the e-stop...
+        assert ("unlockProtectiveStop", ()) not in rtde.calls
+        robot.clear_estop()  # ...the robot-side release does
         assert ("unlockProtectiveStop", ()) in rtde.calls
     assert rtde.calls[-1] == ("disconnect", ())
 
@@ -162,5 +165,7 @@ def test_franka_sends_absolute_base_frame_targets_and_gripper_widths(monkeypatch
         assert grips == [0.0]  # unchanged width: no new gripper command
         robot.stop()
         assert moves[-1][0][0] == "stop"
-        robot.send(np.r_[robot.info.home_joints, -1.0], "joint_pos")
-        assert moves[-1][0][0] == "joint" and grips[-1] == 0.08
+        n = len(moves)
+        with pytest.raises(SafetyFault, match="forward kinematics"):  # no FK here: the box cannot be checked
+            robot.send(np.r_[robot.info.home_joints, -1.0], "joint_pos")
+        assert len(moves) == n + 1 and moves[-1][0][0] == "stop"  # refused, and the fault stopped the arm

@@ -81,8 +81,9 @@ def test_nan_action_faults_and_latches_until_recover(served):
     arm, server = served
     with RemoteRobot(port=server.port) as robot:
         robot.send(np.zeros(7))
-        with pytest.raises(SafetyFault, match="non-finite"):
+        with pytest.raises(SafetyFault, match="non-finite") as err:
             robot.send(np.r_[np.nan, np.zeros(6)])
+        assert err.value.reason == "invalid_command"  # the short reason crosses the wire
         assert len(arm.applied) == 1 and arm.stops >= 1 and "non-finite" in robot.fault
         with pytest.raises(SafetyFault, match="latched"):
             robot.send(np.zeros(7))
@@ -120,6 +121,39 @@ def test_token_required_off_loopback_and_checked():
         with RemoteRobot(port=server.port, token="s3cret") as robot:
             robot.send(np.zeros(7))
         assert len(arm.applied) == 1
+
+
+def test_a_remote_recover_does_not_release_an_emergency_stop(served, capsys):
+    arm, server = served
+    with RemoteRobot(port=server.port) as robot:
+        robot.send(np.zeros(7))
+        robot.estop()
+        assert robot.fault == "emergency stop" and arm.stops >= 1
+        with pytest.raises(SafetyFault, match="robot side") as err:
+            robot.recover()
+        assert err.value.reason == "estop" and server.robot.fault == "emergency stop"
+        with pytest.raises(SafetyFault, match="emergency stop"):
+            robot.send(np.zeros(7))
+        reply = raw_request(server.port, pack({"v": 1, "id": 1, "op": "clear_estop", "args": {}}))
+        assert reply["kind"] == "malformed" and server.robot.fault == "emergency stop"  # no wire op releases it
+        assert len(arm.applied) == 1
+        server.console(["recover", "release"])  # the operator at the robot PC types 'release'
+        assert "released" in capsys.readouterr().out and server.robot.fault is None
+        robot.send(np.zeros(7))
+        assert len(arm.applied) == 2
+
+
+def test_token_prefers_the_environment_and_warns_about_the_flag(monkeypatch, caplog):
+    from robot_pref.hardware.commands import token
+
+    monkeypatch.setenv("ROBOT_PREF_TOKEN", "from-env")
+    with caplog.at_level("WARNING"):
+        assert token(None) == "from-env"
+        assert not caplog.records
+        assert token("on-the-command-line") == "on-the-command-line"
+    assert "ps" in caplog.text and "ROBOT_PREF_TOKEN" in caplog.text
+    monkeypatch.delenv("ROBOT_PREF_TOKEN")
+    assert token(None) is None
 
 
 def test_client_timeout_names_the_problem():
@@ -201,8 +235,10 @@ def test_fuzzed_requests_never_crash_the_server_or_move_the_arm_unsafely(idle_se
     server.robot.recover()
 
 
-def test_serve_command_refuses_an_open_bind_without_token(capsys):
+def test_serve_command_refuses_an_open_bind_without_token(capsys, monkeypatch):
     from robot_pref.cli import main
 
+    monkeypatch.delenv("ROBOT_PREF_TOKEN", raising=False)  # with one set, this would serve the fake arm
+
     assert main(["serve", "--robot", "fake", "--host", "0.0.0.0", "--port", "0"]) == 1
-    assert "--token" in capsys.readouterr().err
+    assert "ROBOT_PREF_TOKEN" in capsys.readouterr().err
