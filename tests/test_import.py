@@ -9,7 +9,8 @@ import pytest
 from robot_pref.cli import main
 from robot_pref.data import DatasetError, TrajectoryDataset
 from robot_pref.data.commands import ImportRobomimicConfig
-from robot_pref.data.robomimic import import_robomimic, shift_rewards
+from robot_pref.data.imports import shift_next
+from robot_pref.data.robomimic import import_robomimic
 
 LOW_DIM = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2, "object": 10, "robot0_joint_pos": 7}
 DEMOS = {"demo_0": 23, "demo_2": 17, "demo_10": 30}  # numeric, not lexical, order: 0, 2, 10
@@ -131,7 +132,7 @@ def test_dense_rewards_leave_success_unknown(tmp_path):
     ds = TrajectoryDataset.open(tmp_path / "d.zarr")
     assert ds.episode_table()["success"].tolist() == [-1, -1, -1] and not ds.has_ground_truth("success")
     reward = ds.ground_truth("reward")[ds.episode_slice(2)]
-    np.testing.assert_array_equal(reward, shift_rewards(demos["demo_10"]["rewards"]))
+    np.testing.assert_array_equal(reward, shift_next(demos["demo_10"]["rewards"]))
 
 
 def test_import_bad_input(hdf5, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""`robot-pref info` and `robot-pref import-robomimic`."""
+"""`robot-pref info`, the imports (`import-robomimic`, `import-lerobot`) and the exports."""
 
 from __future__ import annotations
 
@@ -78,6 +78,27 @@ def import_robomimic(cfg: ImportRobomimicConfig) -> dict:
     return summary
 
 
+@dataclass
+class ImportLerobotConfig:
+    source: str = field(default="", metadata={
+        "help": "LeRobotDataset folder, or a repo id already on disk (LeRobot's home or the HF cache; never "
+                "downloaded); also the first positional argument"})
+    out: str = field(default="", metadata={"help": "zarr dataset to create (an unfinished import there resumes)"})
+    task: str = field(default="", metadata={"help": "task name for the episode table (default: the dataset's name)"})
+    terminals: bool = field(default=False, metadata={
+        "help": "take next.done on an episode's last frame as a true terminal (off: a recording's end is a "
+                "time-out)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace --out if it exists"})
+
+
+def import_lerobot(cfg: ImportLerobotConfig) -> dict:
+    from robot_pref.data.lerobot import import_lerobot as run
+
+    summary = run(cfg)
+    print(format_summary(summary))
+    return summary
+
+
 def register(sub) -> None:
     from robot_pref.config import add_command
 
@@ -86,3 +107,7 @@ def register(sub) -> None:
                          help="Convert a robomimic hdf5 dataset (low-dim obs, images, states, rewards) to a "
                          "zarr dataset")
     parser.add_argument("file", nargs="?", default=argparse.SUPPRESS, help="the robomimic .hdf5 file")
+    parser = add_command(sub, "import-lerobot", ImportLerobotConfig, import_lerobot,
+                         help="Convert a LeRobotDataset (v3.0 or v2.x: actions, state, cameras, tasks, rewards) "
+                         "to a zarr dataset")
+    parser.add_argument("source", nargs="?", default=argparse.SUPPRESS, help="the LeRobot dataset folder or repo id")

@@ -15,7 +15,7 @@ How a demo becomes an episode (T rows, robomimic's observed steps s_0 .. s_{T-1}
   rendered, flipped upright (robosuite's camera observations are upside down, OpenGL style; the
   store's frames have row 0 at the top). ``state`` <- ``states``, ``action`` <- ``actions``.
 - rewards: robomimic's ``rewards[t]`` is the reward after action t, r(s_{t+1}); the store holds
-  r(s_t), so ``reward[t] = rewards[t - 1]`` for t >= 1, and ``reward[0] = rewards[0]`` (r(s_0) is not
+  r(s_t), so ``reward[t] = rewards[t - 1]`` (`shift_next`) for t >= 1, and ``reward[0] = rewards[0]`` (r(s_0) is not
   recorded; the next state's reward is the nearest known value, and for robomimic's sparse success
   rewards both are 0 unless the demo succeeds in one step). The reward of the final state s_T is
   not a row (robomimic saves no state for it); with sparse 0/1 rewards it is kept as the episode's
@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from robot_pref.data.commands import ImportRobomimicConfig
-from robot_pref.data.dataset import DatasetError, Episode, TrajectoryDataset, frame_key
+from robot_pref.data.dataset import DatasetError, Episode, frame_key
+from robot_pref.data.imports import check_resumed, open_import, shift_next
 
 ROBOMIMIC_LOW_DIM = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
 QUALITY_KEYS = ("better", "okay", "worse")  # robomimic's multi-human (MH) quality filter keys
@@ -70,12 +71,6 @@ def read_layout(f) -> dict[str, Any]:
     return {"env_args": env_args, "demos": demos, "low_dim": low_dim, "images": images}
 
 
-def shift_rewards(rewards: np.ndarray) -> np.ndarray:
-    """robomimic's r(s_{t+1}) per row -> the store's r(s_t); the unknown r(s_0) repeats r(s_1)."""
-    rewards = np.asarray(rewards, dtype=np.float32).reshape(-1)
-    return np.concatenate([rewards[:1], rewards[:-1]])
-
-
 def demo_to_episode(demo, name: str, obs_keys, image_keys, flip: bool, tier: str, task: str, goal: str,
                     terminals: bool = False) -> Episode:
     for key in ("actions", "states"):
@@ -98,15 +93,15 @@ def demo_to_episode(demo, name: str, obs_keys, image_keys, flip: bool, tier: str
         frames[frame_key(key.removesuffix("_image"), x.shape[1], x.shape[2])] = x[:, ::-1] if flip else x
     return Episode(
         obs=obs, action=actions, state=np.asarray(demo["states"], np.float64), frames=frames,
-        true_reward=None if rewards is None else shift_rewards(rewards),
-        true_success=shift_rewards(rewards) >= 1.0 if binary else None,
+        true_reward=None if rewards is None else shift_next(rewards),
+        true_success=shift_next(rewards) >= 1.0 if binary else None,
         task=task, goal=goal, tier=tier, source="robomimic", seed=-1,
         success=bool(rewards.max() >= 1.0) if binary else None, terminated=terminals and bool(dones[-1]),
     )
 
 
 def import_robomimic(cfg: ImportRobomimicConfig) -> dict[str, Any]:
-    """Convert ``cfg.file`` into a new store at ``cfg.out``; returns the dataset summary."""
+    """Convert ``cfg.file`` into a store at ``cfg.out`` (continuing a partial import there); returns the summary."""
     import h5py
     from tqdm import tqdm
 
@@ -141,16 +136,19 @@ def import_robomimic(cfg: ImportRobomimicConfig) -> dict[str, Any]:
             raise DatasetError(f"{cfg.file}: no demos to import (filter key {cfg.filter_key!r} selects none)")
         obs_dims = {k: int(np.prod(first["obs"][k].shape[1:])) for k in obs_keys}
         kwargs = env_args.get("env_kwargs", {})
-        ds = TrajectoryDataset.create(
-            cfg.out, obs_dim=sum(obs_dims.values()), action_dim=first["actions"].shape[1],
+        options = {k: getattr(cfg, k) for k in ("filter_key", "images", "flip_images", "task", "goal", "terminals")}
+        ds = open_import(
+            cfg.out, {"format": "robomimic", "path": str(Path(cfg.file).resolve()), "obs_keys": obs_keys, **options},
+            cfg.overwrite, obs_dim=sum(obs_dims.values()), action_dim=first["actions"].shape[1],
             state_dim=first["states"].shape[1], fps=float(kwargs.get("control_freq", 20)), obs_keys=obs_keys,
-            overwrite=cfg.overwrite,
             env={"source": "robomimic", "name": env_name, "env_type": env_args.get("type"), "env_kwargs": kwargs,
                  "obs_dims": obs_dims, "file": str(Path(cfg.file).resolve()),
                  "cameras": [k.removesuffix("_image") for k in image_keys]},
         )
+        done = check_resumed(ds, [int(f[f"data/{d}/actions"].shape[0]) for d in demos], cfg.file)
         task = cfg.task or env_name.lower()
-        for name in tqdm(demos, desc=f"import {Path(cfg.file).name}", unit="demo"):
+        for name in tqdm(demos[done:], desc=f"import {Path(cfg.file).name}", unit="demo", initial=done,
+                         total=len(demos)):
             ep = demo_to_episode(f[f"data/{name}"], name, obs_keys, image_keys, cfg.flip_images,
                                  tiers.get(name, ""), task, cfg.goal, cfg.terminals)
             try:

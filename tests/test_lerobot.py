@@ -1,0 +1,141 @@
+"""LeRobot import on a dataset written by LeRobot's own code (tests/fixtures/lerobot_v30, made once by
+tools/make_lerobot_fixture.py with lerobot 0.4.4), and export read back by LeRobot's reader."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robot_pref.cli import main
+from robot_pref.data import DatasetError, TrajectoryDataset
+from robot_pref.data.commands import ImportLerobotConfig
+from robot_pref.data.lerobot import import_lerobot
+
+FIXTURE = Path(__file__).parent / "fixtures/lerobot_v30"
+LENGTHS = [12, 7, 15]
+GOALS = ["pick up the red cube", "pick up the red cube", "push the block to the left"]
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return dict(np.load(FIXTURE.parent / "lerobot_v30_expected.npz"))
+
+
+@pytest.fixture
+def copy(tmp_path):
+    """A writable copy of the fixture, to break."""
+    return Path(shutil.copytree(FIXTURE, tmp_path / "lerobot_v30"))
+
+
+def run(source, out, **kw):
+    return import_lerobot(ImportLerobotConfig(source=str(source), out=str(out), **kw))
+
+
+def test_import_matches_what_lerobot_wrote_and_decodes(tmp_path, expected):
+    out = tmp_path / "real.zarr"
+    assert main(["import-lerobot", str(FIXTURE), "--out", str(out)]) == 0
+    ds = TrajectoryDataset.open(out)
+    table = ds.episode_table()
+    assert ds.n_episodes == 3 and table["length"].tolist() == LENGTHS and ds.fps == 10
+    assert table["goal"].tolist() == GOALS and set(table["source"].tolist()) == {"lerobot"}
+    assert table["success"].tolist() == [1, 0, 1] and not table["terminated"].any()
+    env = ds.env_meta
+    assert env["robot_type"] == "so100_follower" and env["codebase_version"] == "v3.0" and not env["renderable"]
+    assert env["cameras"] == {"front": "observation.images.front", "wrist": "observation.images.wrist"}
+    assert ds.frame_keys == ["front_24x32", "wrist_16"] and ds.attrs["obs_keys"] == ["observation.state"]
+    assert all(ds.rendered_episodes(k).all() for k in ds.frame_keys)
+    for e in range(3):
+        sl = ds.episode_slice(e)
+        np.testing.assert_array_equal(ds.get("action", sl), expected[f"action/{e}"])
+        np.testing.assert_array_equal(ds.get("obs", sl), expected[f"observation.state/{e}"])
+        np.testing.assert_allclose(ds.get("timestamp", sl), np.arange(LENGTHS[e]) / 10, atol=1e-6)
+        # PNG images are lossless; video frames are the ones LeRobot's own reader decodes, bit for bit
+        np.testing.assert_array_equal(ds.get("frames/wrist_16", sl), expected[f"observation.images.wrist/{e}"])
+        front = ds.get("frames/front_24x32", sl)
+        np.testing.assert_array_equal(front, expected[f"lerobot_decoded.front/{e}"])
+        assert np.abs(front.astype(int) - expected[f"observation.images.front/{e}"]).mean() < 6  # AV1 is lossy
+        # next.reward[t] is r(s_{t+1}): the store's r(s_t) is next.reward[t - 1]
+        reward, success = ds.ground_truth("reward")[sl], ds.ground_truth("success")[sl]
+        np.testing.assert_array_equal(reward[1:], expected[f"next.reward/{e}"][:-1, 0])
+        np.testing.assert_array_equal(success[1:], expected[f"next.success/{e}"][:-1, 0])
+    assert ds.ground_truth("success").sum() == 2 + 0 + 2  # the last 3 frames succeed; one falls past the end
+    with pytest.raises(DatasetError, match="ground truth is kept apart"):
+        ds.get("ground_truth/reward")
+
+
+def test_terminals_opt_in(tmp_path):
+    ds = TrajectoryDataset.open(run(FIXTURE, tmp_path / "t.zarr", terminals=True)["path"])
+    assert ds.episode_table()["terminated"].tolist() == [True, True, True]
+    np.testing.assert_array_equal(np.flatnonzero(ds.terminal_flags()), np.cumsum(LENGTHS) - 2)
+
+
+def test_repo_id_from_lerobot_home_and_hub_cache(tmp_path, monkeypatch, expected):
+    monkeypatch.setenv("HF_LEROBOT_HOME", str(tmp_path / "home"))
+    shutil.copytree(FIXTURE, tmp_path / "home/someone/arm_data")
+    ds = TrajectoryDataset.open(run("someone/arm_data", tmp_path / "a.zarr")["path"])
+    assert ds.n_episodes == 3 and ds.env_meta["name"] == "someone/arm_data"
+    assert ds.episode_table()["task"].tolist() == ["arm_data"] * 3
+    # the Hugging Face hub cache layout: datasets--owner--name/{refs/main, snapshots/<commit>/...}
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    repo = cache / "datasets--other--cached"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(FIXTURE, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs/main").write_text(commit)
+    ds = TrajectoryDataset.open(run("other/cached", tmp_path / "b.zarr")["path"])
+    np.testing.assert_array_equal(ds.get("action", ds.episode_slice(2)), expected["action/2"])
+    with pytest.raises(DatasetError, match="never downloads"):
+        run("nobody/nothing", tmp_path / "c.zarr")
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_unknown_codebase_version(copy, tmp_path):
+    info = json.loads((copy / "meta/info.json").read_text())
+    info["codebase_version"] = "v1.6"
+    (copy / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=r"info.json: codebase_version 'v1.6'.*convert it with LeRobot"):
+        run(copy, tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_missing_video_stops_before_the_episode_and_the_import_resumes(copy, tmp_path, capsys):
+    video = copy / "videos/observation.images.front/chunk-000/file-001.mp4"  # episode 2's
+    video.rename(video.with_suffix(".bak"))
+    out = tmp_path / "o.zarr"
+    assert main(["import-lerobot", str(copy), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "file-001.mp4 is missing (video observation.images.front of episode 2)" in err and "copy" in err
+    ds = TrajectoryDataset.open(out)
+    assert ds.n_episodes == 2  # episodes 0 and 1 went in whole
+    before = ds.get("frames/front_24x32", ds.episode_slice(1))
+    video.with_suffix(".bak").rename(video)
+    assert main(["import-lerobot", str(copy), "--out", str(out)]) == 0  # the same command continues
+    ds = TrajectoryDataset.open(out)
+    assert ds.episode_table()["length"].tolist() == LENGTHS
+    np.testing.assert_array_equal(ds.get("frames/front_24x32", ds.episode_slice(1)), before)
+    assert main(["import-lerobot", str(copy), "--out", str(out)]) == 0  # finished: nothing more to do
+    assert TrajectoryDataset.open(out).n_episodes == 3
+    # another source, or other settings, never mix into it
+    assert main(["import-lerobot", str(copy), "--out", str(out), "--terminals"]) == 1
+    assert "already exists and holds an import of" in capsys.readouterr().err
+
+
+def test_video_shorter_than_the_table(copy, tmp_path):
+    files = copy / "videos/observation.images.front/chunk-000"
+    shutil.copy(files / "file-001.mp4", files / "file-000.mp4")  # 15 frames; episodes 0+1 need 19
+    with pytest.raises(DatasetError, match=r"file-000.mp4: frame count mismatch for episode 1: the table has 7 rows"):
+        run(copy, tmp_path / "o.zarr")
+    assert TrajectoryDataset.open(tmp_path / "o.zarr").n_episodes == 1
+
+
+def test_unreadable_parquet(copy, tmp_path):
+    data = copy / "data/chunk-000/file-000.parquet"
+    data.write_bytes(data.read_bytes()[:200])
+    with pytest.raises(DatasetError, match=r"file-000.parquet cannot be read as parquet \(episode 0.*damaged"):
+        run(copy, tmp_path / "o.zarr")
+    assert TrajectoryDataset.open(tmp_path / "o.zarr").n_episodes == 0
