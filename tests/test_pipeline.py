@@ -97,6 +97,32 @@ def test_quickstart_killed_mid_stage_resumes_and_reports(tmp_path):
     assert shorter.stdout.count("skipped") == 9
 
 
+@pytest.mark.slow
+def test_changed_collect_reruns_everything_after_it_and_labels_afresh(tmp_path):
+    """A new dataset at the same path is never served the old dataset's labels (0 cache hits)."""
+    run_dir = tmp_path / "run"
+    first = subprocess.run(_cmd(run_dir, "stop_after=label"), cwd=REPO, env=_env(), capture_output=True,
+                           text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    counts = json.loads((run_dir / "stages" / "label.json").read_text())["result"]["counts"]
+    assert counts["answered"] == 150 and counts["cached"] == 0
+    from robot_pref.data import TrajectoryDataset
+
+    old_ids = set(TrajectoryDataset.open(run_dir / "dataset.zarr").episode_ids.tolist())
+    changed = subprocess.run(_cmd(run_dir, "stop_after=label", "collect.seed=1"), cwd=REPO, env=_env(),
+                             capture_output=True, text=True, timeout=600)
+    assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]
+    out = changed.stdout
+    assert f"{'collect':<18} config changed: rerunning from scratch" in out, out
+    assert f"{'render':<18} collect reran: rerunning from scratch" in out, out
+    assert f"{'label':<18} render reran: rerunning from scratch" in out, out
+    assert "skipped" not in out
+    counts = json.loads((run_dir / "stages" / "label.json").read_text())["result"]["counts"]
+    assert counts["cached"] == 0 and counts["answered"] == 150  # asked afresh about the new episodes
+    ds = TrajectoryDataset.open(run_dir / "dataset.zarr")
+    assert ds.n_episodes == 4 and old_ids.isdisjoint(ds.episode_ids.tolist())  # collected anew, not appended
+
+
 def test_changed_stage_config_reruns_it_and_later_stages(tmp_path):
     from robot_pref.pipeline.run import RunConfig, _fingerprint
 
