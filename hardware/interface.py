@@ -71,8 +71,9 @@ class RobotInfo:
         return 7 if mode == "ee_delta" else self.n_joints + 1
 
     def to_si(self, action: np.ndarray) -> np.ndarray:
-        """Normalised policy action -> SI ``ee_delta`` command."""
-        return np.asarray(action, np.float64) * np.asarray(self.action_scale)
+        """Normalised policy action -> SI ``ee_delta`` command (no cast: a complex action stays complex, and
+        the safety layer refuses it instead of silently dropping its imaginary part)."""
+        return np.asarray(action) * np.asarray(self.action_scale)
 
     def to_normalised(self, command: np.ndarray) -> np.ndarray:
         """SI ``ee_delta`` command -> normalised policy action (what datasets store)."""

@@ -37,7 +37,7 @@ def run_episode(robot: Robot, policy, seed: int | None, max_steps: int, stop_at_
         obs = robot.reset(seed)
         rec.clear()
         for _ in range(max_steps):
-            action = np.asarray(policy.act(obs.policy_input(keys)), np.float64).reshape(-1)
+            action = np.asarray(policy.act(obs.policy_input(keys))).reshape(-1)  # safety checks its dtype
             rec.add(obs, robot.send(robot.info.to_si(action)))
             if stop_at_success and obs.success:
                 break
@@ -52,10 +52,12 @@ def run_episode(robot: Robot, policy, seed: int | None, max_steps: int, stop_at_
 
 
 def summarise(results: list[dict]) -> dict:
-    """Successes, failures (faulted episodes count as failures) and faults by reason."""
-    known = [r["success"] for r in results if r["success"] is not None]
-    return {"successes": int(sum(known)), "failures": len(known) - int(sum(known)),
-            "success_rate": float(np.mean(known)) if known else None,
+    """Successes, failures (a faulted episode is one), unknowns (no success check) and faults by reason;
+    the success rate only when every episode's outcome is known."""
+    outcomes = Counter(r["success"] for r in results)
+    known = outcomes[True] + outcomes[False]
+    return {"successes": outcomes[True], "failures": outcomes[False], "unknown": outcomes[None],
+            "success_rate": outcomes[True] / known if known and not outcomes[None] else None,
             "faults": dict(Counter(r["fault_reason"] for r in results if r["fault"]))}
 
 
@@ -121,9 +123,9 @@ def rollout(cfg: RolloutConfig, policy=None) -> dict:
             else f"{100 * summary['success_rate']:.0f}%")
     faults = sum(summary["faults"].values())
     by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(summary["faults"].items()))
-    print(f"{len(results)} episodes on {cfg.robot}: {summary['successes']} successes, {summary['failures']} failures "
-          f"(success {rate}); {faults} faults" + (f" ({by_reason})" if faults else "")
-          + (f"; recorded to {cfg.record}" if cfg.record else ""))
+    print(f"{len(results)} episodes on {cfg.robot}: {summary['successes']} successes, {summary['failures']} failures"
+          + (f", {summary['unknown']} unknown" if summary["unknown"] else "") + f" (success {rate}); {faults} faults"
+          + (f" ({by_reason})" if faults else "") + (f"; recorded to {cfg.record}" if cfg.record else ""))
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(summary, indent=2))

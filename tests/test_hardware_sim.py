@@ -1,11 +1,15 @@
 """The sim backend, in-process and through the robot server: same seed, same trajectory."""
 
+import json
+
 import numpy as np
 import pytest
 
-from robot_pref.hardware.config import SafetyConfig
+from robot_pref.data.dataset import TrajectoryDataset
+from robot_pref.hardware.config import RolloutConfig, SafetyConfig
+from robot_pref.hardware.interface import SafetyFault
 from robot_pref.hardware.record import open_robot
-from robot_pref.hardware.rollout import run_episode
+from robot_pref.hardware.rollout import rollout, run_episode
 from robot_pref.hardware.server import RobotServer
 
 
@@ -68,3 +72,64 @@ def test_rollout_through_remote_equals_in_process(server):
     assert np.abs(ea.action[:, :3]).max() > 0.5  # it really moved
     first_gap, last_gap = np.linalg.norm(ea.obs[0, 16:19]), np.linalg.norm(ea.obs[-1, 16:19])
     assert last_gap < 0.5 * first_gap  # ...towards the cube
+
+
+class FullThrottle:
+    """A barely trained policy: every action at +1, which drives a joint of the lift arm into its limit margin."""
+
+    observation_keys = ("obs",)
+    task = "lift"
+
+    def act(self, obs):
+        return np.ones((1, 7))
+
+
+def test_a_fault_ends_the_episode_not_the_run(tmp_path, monkeypatch, capsys):
+    import robot_pref.rl
+    from robot_pref.cli import main
+
+    monkeypatch.setattr(robot_pref.rl, "load_policy", lambda path, device=None: FullThrottle())
+    out, rec = tmp_path / "rollout.json", tmp_path / "rollout.zarr"
+    assert main(["rollout", "--policy", "barely.pt", "--robot", "sim:lift", "--episodes", "3", "--max-steps", "60",
+                 "--record", str(rec), "--out", str(out)]) == 0  # the run completed: exit status 0
+    summary = json.loads(out.read_text())
+    episodes = summary["episodes"]
+    assert [e["fault_reason"] for e in episodes] == ["joint_limit"] * 3 and summary["on_fault"] == "skip"
+    assert all(10 < e["steps"] < 60 for e in episodes)  # each one ended by its fault, before --max-steps
+    assert (summary["successes"], summary["failures"], summary["faults"]) == (0, 3, {"joint_limit": 3})
+    assert summary["completed"] and summary["success_rate"] == 0.0
+    assert "0 successes, 3 failures (success 0%); 3 faults (joint_limit 3)" in capsys.readouterr().out
+    ds = TrajectoryDataset.open(rec)
+    table = ds.episode_table()
+    assert table["length"].tolist() == [e["steps"] for e in episodes] and table["success"].tolist() == [0, 0, 0]
+    assert all(src.startswith("rollout:barely.pt fault=joint_limit: joint") for src in table["source"])
+    hand = ds.get("obs")[:, :3]  # each episode after a fault starts from a reset scene, not where the last one ended
+    starts, ends = table["start"], table["end"] - 1
+    assert np.abs(hand[starts] - hand[starts[0]]).max() < 0.03 < np.linalg.norm(hand[ends[0]] - hand[starts[1]])
+
+
+class NaNAt:
+    """A policy whose ``step``-th action (counted over the whole run) is NaN."""
+
+    observation_keys = ("obs",)
+
+    def __init__(self, step: int):
+        self.step, self.calls = step, 0
+
+    def act(self, obs):
+        self.calls += 1
+        return np.full((1, 7), np.nan if self.calls == self.step else 0.0)
+
+
+def test_on_a_real_arm_a_fault_stops_the_run_for_the_operator(tmp_path):
+    out = tmp_path / "rollout.json"
+    cfg = RolloutConfig(robot="fake", episodes=3, max_steps=4, out=str(out))  # fake: not simulated, like an arm
+    with pytest.raises(SafetyFault, match="--recover.*--seed 1 --episodes 2") as err:
+        rollout(cfg, policy=NaNAt(3))
+    assert err.value.reason == "invalid_command"
+    summary = json.loads(out.read_text())
+    assert summary["on_fault"] == "stop" and not summary["completed"]
+    assert [e["steps"] for e in summary["episodes"]] == [2] and summary["faults"] == {"invalid_command": 1}
+    skip = rollout(RolloutConfig(robot="fake", episodes=3, max_steps=4, on_fault="skip"), policy=NaNAt(3))
+    assert skip["completed"] and [e["steps"] for e in skip["episodes"]] == [2, 4, 4]
+    assert (skip["successes"], skip["failures"], skip["unknown"], skip["success_rate"]) == (0, 1, 2, None)
