@@ -139,3 +139,86 @@ def test_unreadable_parquet(copy, tmp_path):
     with pytest.raises(DatasetError, match=r"file-000.parquet cannot be read as parquet \(episode 0.*damaged"):
         run(copy, tmp_path / "o.zarr")
     assert TrajectoryDataset.open(tmp_path / "o.zarr").n_episodes == 0
+
+
+LEROBOT_PYTHON = Path(__file__).parents[1] / ".venv-lerobot/bin/python"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The fixture imported, given a learned reward (r(s_t) = global row index / 100), exported again."""
+    tmp = tmp_path_factory.mktemp("export")
+    ds = TrajectoryDataset.open(run(FIXTURE, tmp / "real.zarr")["path"], "a")
+    ds.write_reward("learned", np.arange(ds.n_frames) / 100.0)
+    assert main(["export-lerobot", "--dataset", ds.path, "--out", str(tmp / "lerobot"), "--reward-key", "learned"]) == 0
+    return TrajectoryDataset.open(ds.path), tmp / "lerobot"
+
+
+def test_export_reimports_with_the_same_values(exported, tmp_path):
+    ds, folder = exported
+    info = json.loads((folder / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_frames"] == 34 and info["robot_type"] == "so100_follower"
+    assert not (folder.parent / "lerobot.partial").exists()
+    back = TrajectoryDataset.open(run(folder, tmp_path / "back.zarr")["path"])
+    np.testing.assert_array_equal(back.get("action"), ds.get("action"))
+    np.testing.assert_array_equal(back.get("obs"), ds.get("obs"))
+    assert back.episode_table()["goal"].tolist() == GOALS and back.frame_keys == ds.frame_keys
+    # next.reward[t] = learned[t + 1] (the last frame repeats its own); imported back it is r(s_t) again
+    learned = ds.get("rewards/learned")
+    for e in range(3):
+        sl = ds.episode_slice(e)
+        np.testing.assert_allclose(back.ground_truth("reward")[sl][1:], learned[sl][1:], rtol=1e-6)
+    for key in ds.frame_keys:  # one more (lossy) AV1 generation, every frame in its place
+        assert_same_frames(back.get(f"frames/{key}"), ds.get(f"frames/{key}"))
+    with pytest.raises(DatasetError, match="already exists"):
+        main_export(ds.path, folder)
+
+
+def assert_same_frames(got: np.ndarray, want: np.ndarray) -> None:
+    """Each decoded frame is nearer its own original than any other frame (AV1 at LeRobot's CRF 30 is
+    lossy: a few grey levels on average on these 16-32 pixel frames; frames differ by >= 13 levels)."""
+    assert got.shape == want.shape
+    d = np.abs(got.astype(np.float32)[:, None] - want.astype(np.float32)[None]).mean(axis=(2, 3, 4))
+    np.testing.assert_array_equal(d.argmin(1), np.arange(len(want)))
+    assert d.diagonal().mean() < 8, d.diagonal()
+
+
+def main_export(dataset, out, *flags):
+    from robot_pref.data.commands import ExportLerobotConfig
+    from robot_pref.data.lerobot import export_lerobot
+
+    return export_lerobot(ExportLerobotConfig(dataset=str(dataset), out=str(out), **dict(flags)))
+
+
+def test_export_bad_reward_key(exported, tmp_path):
+    ds, _ = exported
+    with pytest.raises(DatasetError, match=r"has no reward 'nope'.*robot-pref relabel --key nope"):
+        main_export(ds.path, tmp_path / "x", ("reward_key", "nope"))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(not LEROBOT_PYTHON.exists(), reason="LeRobot's own reader needs the LeRobot venv: run "
+                    "tools/setup_lerobot.sh (CI does)")
+def test_export_loads_in_lerobots_own_dataset_class(exported, tmp_path):
+    import subprocess
+
+    ds, folder = exported
+    done = subprocess.run([str(LEROBOT_PYTHON), str(Path(__file__).parent / "lerobot_read.py"), str(folder),
+                           str(tmp_path / "frames.npz")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["len"] == 34 and got["episodes"] == 3 and got["fps"] == 10 and got["robot_type"] == "so100_follower"
+    assert got["cameras"] == ["observation.images.front", "observation.images.wrist"]
+    assert {"action", "observation.state", "observation.images.front"} <= set(got["stats"])
+    np.testing.assert_array_equal(np.float32(got["action"]), ds.get("action"))
+    np.testing.assert_array_equal(np.float32(got["state"]), ds.get("obs"))
+    assert got["task"] == [g for e, g in enumerate(GOALS) for _ in range(LENGTHS[e])]
+    learned, ends = ds.get("rewards/learned"), np.cumsum(LENGTHS)
+    expect = np.concatenate([np.append(learned[s + 1 : t], learned[t - 1]) for s, t in zip(ends - LENGTHS, ends)])
+    np.testing.assert_allclose(got["reward"], expect, rtol=1e-6)
+    assert np.flatnonzero(got["done"]).tolist() == (ends - 1).tolist()
+    frames = np.load(tmp_path / "frames.npz")
+    back = TrajectoryDataset.open(run(folder, tmp_path / "back.zarr")["path"])
+    for lk, key in (("observation.images.front", "front_24x32"), ("observation.images.wrist", "wrist_16")):
+        np.testing.assert_array_equal(frames[lk], back.get(f"frames/{key}"))  # LeRobot decodes what we decode
+        assert_same_frames(frames[lk], ds.get(f"frames/{key}"))

@@ -10,7 +10,7 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv-lerobot/bin/python ] || "$PYTHON" -m venv .venv-lerobot
 PIP=".venv-lerobot/bin/python -m pip install -q"
 $PIP --upgrade pip
-$PIP --no-deps lerobot==0.4.4 accelerate
+$PIP --no-deps lerobot==0.4.4 accelerate "torchcodec==0.17.0"  # torchcodec: LeRobot decodes videos with it; 0.17 pairs with torch 2.14
 $PIP "datasets>=4,<5" "huggingface-hub<0.36" "av>=15,<16" jsonlines "draccus==0.10.0" "deepdiff>=7,<9" "packaging<26" pandas \
      "pyarrow<20" opencv-python-headless "gymnasium<2" "numpy<2" termcolor einops psutil
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -99,6 +99,27 @@ def import_lerobot(cfg: ImportLerobotConfig) -> dict:
     return summary
 
 
+@dataclass
+class ExportLerobotConfig:
+    dataset: str = field(default="", metadata={"help": "zarr dataset to export"})
+    out: str = field(default="", metadata={"help": "folder of the LeRobotDataset (v3.0) to write"})
+    reward_key: str = field(default="", metadata={
+        "help": "learned reward rewards/<key> to write as next.reward ('true': the ground truth; default: none)"})
+    cameras: tuple[str, ...] = field(default=(), metadata={
+        "help": "frame keys to write as videos, comma separated (default: every key rendered for all episodes)"})
+    vcodec: str = field(default="libsvtav1", metadata={"help": "video encoder (LeRobot's default AV1: libsvtav1)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace --out if it exists"})
+
+
+def export_lerobot(cfg: ExportLerobotConfig) -> dict:
+    from robot_pref.data.lerobot import export_lerobot as run
+
+    summary = run(cfg)
+    print(f"wrote {summary['path']}: {summary['episodes']} episodes, {summary['frames']} frames, "
+          f"videos {', '.join(summary['videos']) or 'none'}, next.reward {summary['reward'] or 'not written'}")
+    return summary
+
+
 def register(sub) -> None:
     from robot_pref.config import add_command
 
@@ -111,3 +132,5 @@ def register(sub) -> None:
                          help="Convert a LeRobotDataset (v3.0 or v2.x: actions, state, cameras, tasks, rewards) "
                          "to a zarr dataset")
     parser.add_argument("source", nargs="?", default=argparse.SUPPRESS, help="the LeRobot dataset folder or repo id")
+    add_command(sub, "export-lerobot", ExportLerobotConfig, export_lerobot,
+                help="Write a dataset as a LeRobotDataset v3.0 (videos, tasks, a learned reward as next.reward)")

@@ -320,3 +320,259 @@ def import_lerobot(cfg) -> dict[str, Any]:
         except DatasetError as err:
             raise DatasetError(f"{root} episode {ep.index}: {err}") from err
     return ds.summary()
+
+
+# ---------------------------------------------------------------------------------------------- export
+CHUNKS_SIZE, DATA_FILE_MB, VIDEO_FILE_MB = 1000, 100, 200  # LeRobot's defaults for files per folder and sizes
+FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"
+VIDEO_OPTIONS = {"g": "2", "crf": "30", "preset": "12"}  # LeRobot's libsvtav1 settings (GOP 2: cheap seeks)
+
+
+class _Rolling:
+    """Writes to chunk-XXX/file-YYY files, starting the next file once one reaches ``limit_mb``."""
+
+    def __init__(self, root: Path, pattern: str, limit_mb: float):
+        self.root, self.pattern, self.limit = root, pattern, limit_mb * 2**20
+        self.chunk = self.file = 0
+        self.path: Path | None = None
+
+    def next_path(self) -> Path:
+        """The file the next episode goes to (a new one when the current is full)."""
+        if self.path is not None and self.path.is_file() and self.path.stat().st_size >= self.limit:
+            self.close()
+            self.chunk, self.file = (self.chunk + 1, 0) if self.file == CHUNKS_SIZE - 1 else (self.chunk, self.file + 1)
+        if self.path is None:
+            self.path = self.root / self.pattern.format(chunk_index=self.chunk, file_index=self.file)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.open(self.path)
+        return self.path
+
+    def open(self, path: Path) -> None: ...
+
+    def close(self) -> None:
+        self.path = None
+
+
+class _ParquetFiles(_Rolling):
+    def __init__(self, root: Path, schema):
+        super().__init__(root, "data/" + FILE + ".parquet", DATA_FILE_MB)
+        self.schema, self.writer = schema, None
+
+    def open(self, path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        self.writer = pq.ParquetWriter(path, self.schema)
+
+    def write(self, table) -> None:
+        self.next_path()
+        self.writer.write_table(table)  # one row group per episode
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        super().close()
+
+
+class _VideoFiles(_Rolling):
+    """One camera's mp4 files; episodes follow each other in a file, frame pts counting on."""
+
+    def __init__(self, root: Path, key: str, fps, height: int, width: int, codec: str):
+        super().__init__(root, f"videos/{key}/" + FILE + ".mp4", VIDEO_FILE_MB)
+        self.fps, self.size, self.codec = fps, (height, width), codec
+        self.container = self.stream = None
+        self.frames = 0
+
+    def open(self, path: Path) -> None:
+        import av
+
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration otherwise; errors only
+        self.container = av.open(str(path), "w")
+        self.stream = self.container.add_stream(self.codec, rate=self.fps,
+                                                options=VIDEO_OPTIONS if self.codec == "libsvtav1" else {})
+        self.stream.height, self.stream.width = self.size
+        self.stream.pix_fmt = "yuv420p"
+        self.frames = 0
+
+    def write(self, frames: np.ndarray) -> tuple[Path, float, float]:
+        """Encode one episode's frames; returns (file, from_timestamp, to_timestamp) as LeRobot records them."""
+        import av
+
+        path = self.next_path()
+        start = self.frames
+        for img in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = self.frames
+            self.frames += 1
+            self.container.mux(self.stream.encode(frame))
+        return path, start / float(self.fps), self.frames / float(self.fps)
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.mux(self.stream.encode(None))
+            self.container.close()
+            self.container = None
+        super().close()
+
+
+def _index(path: Path) -> tuple[int, int]:
+    """(chunk_index, file_index) of a chunk-XXX/file-YYY path."""
+    return int(path.parent.name.removeprefix("chunk-")), int(path.stem.removeprefix("file-"))
+
+
+def _stats(x: np.ndarray) -> dict[str, Any]:
+    """LeRobot's per-feature statistics (min, max, mean, std, count, quantiles) over axis 0."""
+    x = np.asarray(x, np.float64)
+    out = {name: getattr(np, name)(x, axis=0) for name in ("min", "max", "mean", "std")}
+    out |= {f"q{int(q * 100):02d}": np.quantile(x, q, axis=0) for q in (0.01, 0.10, 0.50, 0.90, 0.99)}
+    out = {k: np.atleast_1d(v).tolist() for k, v in out.items()}
+    return out | {"count": [int(len(x))]}
+
+
+def export_lerobot(cfg) -> dict[str, Any]:
+    """Write ``cfg.dataset`` as a LeRobotDataset v3.0 at ``cfg.out``; returns a short summary.
+
+    Written into ``<out>.partial`` and renamed at the end, so ``out`` is complete or absent.
+    ``observation.state`` <- obs, ``action`` <- action, every fully rendered frame key -> a video
+    feature (the camera's LeRobot key when the data came from LeRobot, else
+    ``observation.images.<camera>``), ``timestamp`` = frame_index / fps (LeRobot finds video frames by
+    it), the goal text as the task. With ``reward_key``, ``next.reward[t]`` = reward[t + 1] (LeRobot's
+    reward of the state after action t; the last frame repeats its own), ``true`` for the ground truth.
+    """
+    import shutil
+    from fractions import Fraction
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from robot_pref.data.dataset import TrajectoryDataset
+
+    if not cfg.dataset or not cfg.out:
+        raise ValueError("give --dataset and --out, e.g. `robot-pref export-lerobot --dataset data/real.zarr "
+                         "--out exports/real_lerobot --reward-key learned`")
+    ds = TrajectoryDataset.open(cfg.dataset)
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise DatasetError(f"{out} already exists; choose another --out, or pass --overwrite to replace it")
+    if ds.n_episodes == 0:
+        raise DatasetError(f"{cfg.dataset} holds no episodes to export")
+    reward = None
+    if cfg.reward_key:
+        if cfg.reward_key == "true":
+            reward = ds.ground_truth("reward")
+        elif cfg.reward_key in ds.reward_keys:
+            reward = ds.get(f"rewards/{cfg.reward_key}")
+        else:
+            raise DatasetError(f"{cfg.dataset} has no reward {cfg.reward_key!r} (it has {ds.reward_keys or 'none'}; "
+                               f"'true' is the ground truth); write one with `robot-pref relabel --key {cfg.reward_key}`")
+        if np.isnan(reward).any():
+            raise DatasetError(f"rewards/{cfg.reward_key} of {cfg.dataset} has unwritten (NaN) rows; finish "
+                               "`robot-pref relabel` first")
+    cameras = list(cfg.cameras) or [k for k in ds.frame_keys if ds.rendered_episodes(k).all()]
+    for key in cameras:
+        if key not in ds.frame_keys or not ds.rendered_episodes(key).all():
+            raise DatasetError(f"frames/{key} is not rendered for every episode of {cfg.dataset} (frame keys: "
+                               f"{ds.frame_keys}); run `robot-pref render` or choose --cameras")
+    known = ds.env_meta.get("cameras") if isinstance(ds.env_meta.get("cameras"), dict) else {}  # LeRobot's keys
+    video_keys = {k: known.get(k.rpartition("_")[0], f"observation.images.{k.rpartition('_')[0]}") for k in cameras}
+    fps = int(ds.fps) if float(ds.fps).is_integer() else ds.fps
+    A, D = ds.shape("action")[1], ds.shape("obs")[1]
+    features: dict[str, dict] = {
+        "action": {"dtype": "float32", "shape": [A], "names": None},
+        "observation.state": {"dtype": "float32", "shape": [D], "names": list(ds.attrs.get("obs_keys") or []) or None},
+    }
+    for key, lk in video_keys.items():
+        h, w = ds.shape(f"frames/{key}")[1:3]
+        if h % 2 or w % 2:
+            raise DatasetError(f"frames/{key} are {h}x{w}; video (yuv420p) needs even sizes: render at an even size")
+        features[lk] = {"dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
+                        "info": {"video.height": h, "video.width": w, "video.codec": "av1", "video.pix_fmt": "yuv420p",
+                                 "video.is_depth_map": False, "video.fps": fps, "video.channels": 3,
+                                 "has_audio": False}}
+    if reward is not None:
+        features["next.reward"] = {"dtype": "float32", "shape": [1], "names": None}
+    features["next.done"] = {"dtype": "bool", "shape": [1], "names": None}
+    for k in INDEX_KEYS:
+        features[k] = {"dtype": "float32" if k == "timestamp" else "int64", "shape": [1], "names": None}
+    if features["observation.state"]["names"] and len(features["observation.state"]["names"]) != D:
+        features["observation.state"]["names"] = None  # obs_keys name groups of numbers, not each number
+
+    table = ds.episode_table()
+    texts = [g or t for g, t in zip(table["goal"].tolist(), table["task"].tolist())]
+    tasks = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    schema = pa.schema([(k, pa.list_(pa.float32(), f["shape"][0]) if f["shape"] != [1] else
+                         {"float32": pa.float32(), "int64": pa.int64(), "bool": pa.bool_()}[f["dtype"]])
+                        for k, f in features.items() if f["dtype"] != "video"])
+    data = _ParquetFiles(partial, schema)
+    videos = {lk: _VideoFiles(partial, lk, Fraction(fps).limit_denominator(), *features[lk]["shape"][:2], cfg.vcodec)
+              for lk in video_keys.values()}
+    rows = []
+    obs, action = ds.get("obs"), ds.get("action")
+    for e in tqdm(range(ds.n_episodes), desc=f"export {out.name}", unit="episode"):
+        sl = ds.episode_slice(e)
+        T = sl.stop - sl.start
+        cols = {"action": action[sl], "observation.state": obs[sl]}
+        if reward is not None:
+            r = reward[sl]
+            cols["next.reward"] = np.concatenate([r[1:], r[-1:]]).astype(np.float32)
+        cols["next.done"] = np.arange(T) == T - 1
+        cols |= {"timestamp": (np.arange(T) / float(fps)).astype(np.float32), "frame_index": np.arange(T),
+                 "episode_index": np.full(T, e), "index": np.arange(sl.start, sl.stop),
+                 "task_index": np.full(T, tasks[texts[e]])}
+        arrays = [pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(cols[f.name], np.float32).reshape(-1)),
+                                                    f.type.list_size)
+                  if pa.types.is_fixed_size_list(f.type) else pa.array(cols[f.name], type=f.type) for f in schema]
+        data.write(pa.Table.from_arrays(arrays, schema=schema))
+        row = {"episode_index": e, "tasks": [texts[e]], "length": T, "dataset_from_index": sl.start,
+               "dataset_to_index": sl.stop}
+        row["data/chunk_index"], row["data/file_index"] = _index(data.path)
+        for key, lk in video_keys.items():
+            frames = ds.get(f"frames/{key}", sl)
+            path, start, stop = videos[lk].write(frames)
+            c, f = _index(path)
+            row |= {f"videos/{lk}/chunk_index": c, f"videos/{lk}/file_index": f,
+                    f"videos/{lk}/from_timestamp": start, f"videos/{lk}/to_timestamp": stop}
+        row |= {"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
+        rows.append(row)
+    data.close()
+    for v in videos.values():
+        v.close()
+    (partial / "meta/episodes/chunk-000").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), partial / "meta/episodes/chunk-000/file-000.parquet")
+    # tasks: a pandas frame indexed by the task text (LeRobot reads it with pandas.read_parquet)
+    pandas_meta = {"index_columns": ["task"], "column_indexes": [], "pandas_version": "2.2.0",
+                   "creator": {"library": "pyarrow", "version": pa.__version__},
+                   "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
+                                "numpy_type": "int64", "metadata": None},
+                               {"name": "task", "field_name": "task", "pandas_type": "unicode",
+                                "numpy_type": "object", "metadata": None}]}
+    task_table = pa.table({"task_index": pa.array(list(tasks.values()), pa.int64()), "task": list(tasks)})
+    pq.write_table(task_table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)}),
+                   partial / "meta/tasks.parquet")
+    stats = {"action": _stats(action), "observation.state": _stats(obs)}
+    if reward is not None:
+        stats["next.reward"] = _stats(np.concatenate([reward[ds.episode_slice(e)][1:] for e in range(ds.n_episodes)]
+                                                     )[:, None])
+    sample = [int(ds.episode_starts[e] + (ds.episode_ends[e] - ds.episode_starts[e]) // 2)
+              for e in range(0, ds.n_episodes, max(1, ds.n_episodes // 256))]  # middle frames of <= 256 episodes
+    for key, lk in video_keys.items():  # per channel in [0, 1], shaped (3, 1, 1) as LeRobot's image stats
+        pixels = ds.get(f"frames/{key}", np.asarray(sample)).reshape(-1, 3) / 255.0
+        stats[lk] = {k: np.asarray(v).reshape(3, 1, 1).tolist() if k != "count" else v
+                     for k, v in _stats(pixels).items()}
+    (partial / "meta/stats.json").write_text(json.dumps(stats, indent=2))
+    env = ds.env_meta
+    info = {"codebase_version": "v3.0", "robot_type": env.get("robot_type") or env.get("name") or None,
+            "total_episodes": ds.n_episodes, "total_frames": ds.n_frames, "total_tasks": len(tasks),
+            "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": DATA_FILE_MB, "video_files_size_in_mb": VIDEO_FILE_MB,
+            "fps": fps, "splits": {"train": f"0:{ds.n_episodes}"},
+            "data_path": "data/" + FILE + ".parquet",
+            "video_path": "videos/{video_key}/" + FILE + ".mp4" if video_keys else None, "features": features}
+    (partial / "meta/info.json").write_text(json.dumps(info, indent=4))
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return {"path": str(out), "episodes": ds.n_episodes, "frames": ds.n_frames, "videos": list(video_keys.values()),
+            "reward": cfg.reward_key or None}
