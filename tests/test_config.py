@@ -9,7 +9,7 @@ from typing import Literal
 import pytest
 
 from robot_pref.config import add_command, from_dict, parse_overrides, to_dict
-from robot_pref.feedback.config import LabelConfig, VLMConfig
+from robot_pref.feedback.config import LabelConfig
 from robot_pref.feedback.labelers import Secret
 from robot_pref.feedback.vlm import VLMLabeler
 
@@ -41,7 +41,8 @@ def test_from_dict_coerces_to_the_declared_types():
     assert type(cfg.inner.rate) is float and cfg.inner.shape == (96, 128)
     assert from_dict(Outer, {"scale": None, "steps": 4.0, "names": "p,q", "inner.shape": "1,2"}) == Outer(
         steps=4, scale=None, names=("p", "q"), inner=Inner(shape=(1, 2)))
-    assert from_dict(Outer, {"scale": "1e-3", "steps": "1e6"}) == Outer(scale=0.001, steps=1_000_000)  # YAML 1.1: strings
+    # YAML 1.1 reads 1e-3 and 1e6 as strings
+    assert from_dict(Outer, {"scale": "1e-3", "steps": "1e6"}) == Outer(scale=0.001, steps=1_000_000)
 
 
 @pytest.mark.parametrize("values, message", [

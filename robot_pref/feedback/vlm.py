@@ -153,8 +153,9 @@ class VLMLabeler(Labeler):
 
     def settings(self) -> dict:
         c = self.cfg
-        return {"endpoint": endpoint_identity(c.base_url), "model": c.model, "prompt": c.prompt, "prompt_version": PROMPT_VERSION, "temperature": c.temperature,
-                "max_tokens": c.max_tokens, "image_format": c.image_format, "image_size": c.image_size,
+        return {"endpoint": endpoint_identity(c.base_url), "model": c.model, "prompt": c.prompt,
+                "prompt_version": PROMPT_VERSION, "temperature": c.temperature, "max_tokens": c.max_tokens,
+                "image_format": c.image_format, "image_size": c.image_size,
                 **({"jpeg_quality": c.jpeg_quality} if c.image_format == "jpeg" else {})}
 
     @classmethod
