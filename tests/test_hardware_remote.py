@@ -1,5 +1,6 @@
 """The robot server and client on loopback, with fault injection (fake arm: no MuJoCo needed)."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -141,6 +142,29 @@ def test_a_remote_recover_does_not_release_an_emergency_stop(served, capsys):
         assert "released" in capsys.readouterr().out and server.robot.fault is None
         robot.send(np.zeros(7))
         assert len(arm.applied) == 2
+
+
+class Still:
+    observation_keys = ("obs",)
+
+    def act(self, obs):
+        return np.zeros((1, 7))
+
+
+def test_rollout_clears_a_fault_left_latched_only_when_told(served):
+    from robot_pref.hardware.config import RolloutConfig
+    from robot_pref.hardware.rollout import rollout
+
+    arm, server = served
+    with RemoteRobot(port=server.port) as robot:
+        with pytest.raises(SafetyFault):
+            robot.send(np.full(7, np.nan))
+    cfg = RolloutConfig(robot=f"remote:127.0.0.1:{server.port}", episodes=2, max_steps=2)
+    with pytest.raises(SafetyFault, match="--recover") as err:  # a real arm: the run stops for the operator
+        rollout(cfg, policy=Still())
+    assert err.value.reason == "invalid_command" and arm.applied == []  # the latched fault refused the reset
+    summary = rollout(dataclasses.replace(cfg, recover=True), policy=Still())
+    assert summary["completed"] and [e["steps"] for e in summary["episodes"]] == [2, 2] and len(arm.applied) == 4
 
 
 def test_token_prefers_the_environment_and_warns_about_the_flag(monkeypatch, caplog):
