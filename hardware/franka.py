@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from robot_pref.hardware.interface import Observation, Robot, RobotInfo, delta_target
+from robot_pref.hardware.interface import Observation, Robot, RobotInfo, delta_target, require_finite
 
 HOME = (0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4)
 MAX_WIDTH = 0.08  # m
@@ -68,9 +68,11 @@ class FrankaRobot(Robot):
         if mode == "ee_delta":
             pose = self._robot.current_pose
             pos, quat = delta_target(np.asarray(pose.translation), np.asarray(pose.quaternion), command)
+            pos, quat = require_finite(pos, 3, "target position"), require_finite(quat, 4, "target quaternion")
             motion = fr.CartesianMotion(fr.Affine(pos.tolist(), quat.tolist()), fr.ReferenceType.Absolute)
         else:
-            motion = fr.JointWaypointMotion([fr.JointWaypoint(np.asarray(command[:-1]).tolist())])
+            q = require_finite(command[:-1], self.info.n_joints, "joint targets")
+            motion = fr.JointWaypointMotion([fr.JointWaypoint(q.tolist())])
         self._robot.move(motion, asynchronous=True)
         width = round(MAX_WIDTH * (1.0 - float(command[-1])) / 2, 3)
         if width != self._width:

@@ -184,6 +184,15 @@ class Robot(ABC):
         return None
 
 
+def require_finite(values, n: int, what: str) -> np.ndarray:
+    """``values`` as ``n`` finite floats, else a `SafetyFault`: the last check before an SDK call moves the arm."""
+    out = np.asarray(values, np.float64)
+    if out.shape != (n,) or not np.all(np.isfinite(out)):
+        raise SafetyFault(f"refusing to send {what} {out.tolist()}: not {n} finite values; nothing was sent",
+                          "unsafe_output")
+    return out
+
+
 def delta_target(ee_pos: np.ndarray, ee_quat: np.ndarray, command: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Absolute base-frame target (position, xyzw quaternion) of an ``ee_delta`` command."""
     from scipy.spatial.transform import Rotation

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from robot_pref.hardware.config import SafetyConfig
-from robot_pref.hardware.interface import Observation, Robot, RobotInfo, SafetyFault
+from robot_pref.hardware.interface import Observation, Robot, RobotInfo, SafetyFault, require_finite
 
 log = logging.getLogger(__name__)
 
@@ -306,10 +306,7 @@ class SafeRobot(Robot):
             try:
                 safe = self._filter(command, mode, self.robot.observe(frames=False), self.robot.now(),
                                     self.robot.forward_kinematics)
-                n = self.info.action_dim(mode)
-                if safe.shape != (n,) or not np.all(np.isfinite(safe)):  # the last check before the arm
-                    raise SafetyFault(f"the safety layer produced {safe.tolist()}, not {n} finite values; "
-                                      "nothing was sent (a bug: please report it)", "unsafe_output")
+                safe = require_finite(safe, self.info.action_dim(mode), f"the filtered {mode} command")
                 with self._state:
                     if self._fault:  # latched meanwhile (watchdog, estop): this command must not go out
                         raise SafetyFault(self._fault, self._reason)

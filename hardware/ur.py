@@ -17,7 +17,7 @@ import time
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from robot_pref.hardware.interface import Observation, Robot, RobotInfo, delta_target
+from robot_pref.hardware.interface import Observation, Robot, RobotInfo, delta_target, require_finite
 
 HOME = (0.0, -math.pi / 2, math.pi / 2, -math.pi / 2, -math.pi / 2, 0.0)
 LOOKAHEAD_S, GAIN = 0.1, 300
@@ -68,10 +68,11 @@ class URRobot(Robot):
         if mode == "ee_delta":
             obs = self.observe(frames=False)
             pos, quat = delta_target(obs.ee_pos, obs.ee_quat, command)
-            pose = np.r_[pos, Rotation.from_quat(quat).as_rotvec()]
+            pose = require_finite(np.r_[pos, Rotation.from_quat(quat).as_rotvec()], 6, "servoL pose")
             self._ctrl.servoL(pose.tolist(), 0.0, 0.0, period, LOOKAHEAD_S, GAIN)
         else:
-            self._ctrl.servoJ(np.asarray(command[:-1]).tolist(), 0.0, 0.0, period, LOOKAHEAD_S, GAIN)
+            q = require_finite(command[:-1], self.info.n_joints, "servoJ joints")
+            self._ctrl.servoJ(q.tolist(), 0.0, 0.0, period, LOOKAHEAD_S, GAIN)
         return np.asarray(command, float)
 
     def home(self) -> None:

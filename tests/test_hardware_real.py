@@ -101,6 +101,18 @@ def test_ur_joint_target_outside_the_box_is_refused(rtde):
             robot.send(np.r_[3.0, -1.57, 1.57, -1.57, -1.57, 0.0, 0.0], "joint_pos")  # fk x = 0.7 > 0.6
 
 
+def test_ur_a_pose_read_again_as_nan_never_reaches_servo(rtde):
+    """The adapter reads the pose again to build its absolute target: a last finite check guards the SDK call."""
+    good, bad = list(rtde.tcp), [float("nan")] + list(rtde.tcp[1:])
+    reads = iter([good, bad])
+    rtde.getActualTCPPose = lambda: next(reads)  # the safety layer's reading is fine, the adapter's is NaN
+    with SafeRobot(URRobot("10.0.0.2"), CFG) as robot:
+        with pytest.raises(SafetyFault, match="servoL pose") as err:
+            robot.send(np.array([0.01, 0, 0, 0, 0, 0, 0.0]))
+        assert err.value.reason == "unsafe_output" and robot.fault
+    assert not any(c[0] == "servoL" for c in rtde.calls) and ("servoStop", ()) in rtde.calls
+
+
 def test_missing_sdk_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "rtde_control", None)
     with pytest.raises(ImportError, match=r"robot_pref\[ur\]"):
