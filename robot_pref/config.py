@@ -50,7 +50,10 @@ def parse_value(tp: Any, text: str) -> Any:
         try:
             return int(text)
         except ValueError:
-            number = float(text)
+            try:
+                number = float(text)
+            except ValueError:
+                number = float("nan")
             if not number.is_integer():
                 raise ValueError(f"expected a whole number, got {text!r}") from None
             return int(number)
@@ -59,6 +62,16 @@ def parse_value(tp: Any, text: str) -> Any:
 
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _flag_type(tp: Any) -> Callable[[str], Any]:
+    """argparse ``type=``: parse_value, with its reason in argparse's error message."""
+    def parse(text: str) -> Any:
+        try:
+            return parse_value(tp, text)
+        except (ValueError, TypeError) as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
@@ -75,21 +88,25 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
         help_text = f.metadata.get("help", "")
         if base is bool:
             parser.add_argument(flag, dest=name, nargs="?", const="true", default=argparse.SUPPRESS,
-                                type=lambda s, tp=tp: parse_value(tp, s), help=help_text or " ")
+                                type=_flag_type(tp), help=help_text or " ")
         else:
             parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=base.__name__.upper()
                                 if isinstance(base, type) else "VALUE",
-                                type=lambda s, tp=tp: parse_value(tp, s), help=help_text or " ")
+                                type=_flag_type(tp), help=help_text or " ")
 
 
 def coerce(tp: Any, value: Any, name: str = "value") -> Any:
     """``value`` as the declared type ``tp``, so YAML ``0``, a flag ``0`` and JSON ``0.0`` of a float
     field are the same config (equal cache keys and stage fingerprints). Strings go through
-    `parse_value`, ints widen to floats, lists become tuples; anything else is a ValueError naming ``name``."""
+    `parse_value`, ints widen to floats, lists become tuples; anything else is a ValueError naming
+    ``name`` (the field's dotted path, as in ``--set label.pairs=...``)."""
     base, optional = _unwrap_optional(tp)
 
     def bad(why: str = "") -> ValueError:
-        expected = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        if get_origin(base) is Literal:
+            expected = f"one of {list(get_args(base))}" + (" or None" if optional else "")
+        else:
+            expected = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
         return ValueError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__}){why}")
 
     if value is None:
@@ -100,6 +117,8 @@ def coerce(tp: Any, value: Any, name: str = "value") -> Any:
         try:
             value = parse_value(base, value)
         except (ValueError, TypeError) as err:
+            if str(err).startswith("expected"):
+                raise ValueError(f"{name}: {err}") from None
             raise bad(f": {err}") from None
     if base is Any:
         return value
@@ -113,7 +132,7 @@ def coerce(tp: Any, value: Any, name: str = "value") -> Any:
         return from_dict(base, value, prefix=f"{name}.")
     if get_origin(base) is Literal:
         if value not in get_args(base):
-            raise bad(f"; choose one of {list(get_args(base))}")
+            raise bad()
         return value
     if base is bool:
         if isinstance(value, bool):
@@ -179,7 +198,7 @@ def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {[prefix + u for u in unknown]}; "
                          f"valid fields: {sorted(names)}")
-    kwargs = {f.name: coerce(hints[f.name], nested[f.name], f"{cls.__name__}.{f.name}")
+    kwargs = {f.name: coerce(hints[f.name], nested[f.name], prefix + f.name)
               for f in dataclasses.fields(cls) if f.name in nested}
     return cls(**kwargs)
 

@@ -233,7 +233,8 @@ def label(cfg: LabelConfig) -> dict:
         done = [a for a in results if a is not None and a.status in LABEL_STATUSES]
         answers_to_label_set(done).save(out)
         counts.update({"pairs": n, "labels": len(done), "not_asked": sum(a is None for a in results)})
-        summary = {"dataset": str(cfg.dataset), "dataset_identity": ds.identity, "out": str(out), "labeler": cls.type, "frame_key": frame_key,
+        summary = {"dataset": str(cfg.dataset), "dataset_identity": ds.identity, "out": str(out),
+                   "labeler": cls.type, "frame_key": frame_key,
                    "goal": goal, "settings": settings, "counts": dict(counts),
                    "wall_s": round(time.perf_counter() - t0, 3), "config": dataclasses.asdict(cfg)}
         (out / "label_run.json").write_text(json.dumps(summary, indent=2, default=str))
