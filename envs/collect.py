@@ -18,6 +18,7 @@ from robot_pref.data.dataset import DatasetError, Episode, TrajectoryDataset
 from robot_pref.envs.collectors import TIERS, collect_episode
 from robot_pref.envs.commands import CollectConfig
 from robot_pref.envs.tasks import TaskEnv, get_task, make_env
+from robot_pref.resources import resolve_workers
 
 
 def episode_plan(tier: str, start: int, n: int, seed: int) -> list[tuple[str, int]]:
@@ -66,7 +67,8 @@ def _open_or_create(cfg: CollectConfig, env: TaskEnv) -> TrajectoryDataset:
 
 def _episodes(cfg: CollectConfig, env: TaskEnv, plan: list[tuple[str, int]]) -> Iterator[Episode]:
     """Episodes in plan order, collected here (workers <= 1) or by Ray actors."""
-    if cfg.workers <= 1:
+    workers = min(resolve_workers(cfg.workers), len(plan))
+    if workers <= 1:
         for tier, index in plan:
             yield collect_episode(env, tier, _rng(cfg.seed, index), cfg.cameras, cfg.size)
         return
@@ -75,7 +77,7 @@ def _episodes(cfg: CollectConfig, env: TaskEnv, plan: list[tuple[str, int]]) -> 
 
     init_ray(cfg.address)
     actor = ray.remote(num_cpus=1)(_Collector)
-    actors = [actor.remote(env.meta(), tuple(cfg.cameras), cfg.size) for _ in range(cfg.workers)]
+    actors = [actor.remote(env.meta(), tuple(cfg.cameras), cfg.size) for _ in range(workers)]
     pending: collections.deque = collections.deque()
     try:
         for k, (tier, index) in enumerate(plan):

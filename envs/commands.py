@@ -13,7 +13,8 @@ class CollectConfig:
         default="mixed", metadata={"help": "collector quality; mixed cycles expert, medium, random"})
     episodes: int = field(default=30, metadata={"help": "number of episodes to add"})
     out: str = field(default="data/lift.zarr", metadata={"help": "dataset path; appends if it exists"})
-    workers: int = field(default=1, metadata={"help": "Ray actors collecting in parallel (1 = in process)"})
+    workers: int = field(default=0, metadata={
+        "help": "Ray actors collecting in parallel (1 = in process, 0 = one per core)"})
     cameras: tuple[str, ...] = field(default=(), metadata={
         "help": "cameras to render online, comma separated (e.g. agentview); empty = states only"})
     size: int = field(default=84, metadata={"help": "square frame size in pixels"})

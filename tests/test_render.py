@@ -48,7 +48,7 @@ def test_replay_equals_online_and_two_actors_equal_one(online, ray_session):
     # online frames were written by the collector loop: nothing is left to render
     assert render_dataset(cfg(path))["episodes"] == 0
 
-    one = render_dataset(cfg(path, overwrite=True))
+    one = render_dataset(cfg(path, overwrite=True, actors=1))
     assert one["episodes"] == EPISODES and one["frames"] == EPISODES * STEPS and one["actors"] == 1
     # software and GPU GL are deterministic for the same state, scene and options: demand exact equality
     np.testing.assert_array_equal(frames(path), online_frames)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from robot_pref.resources import resolve_workers
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ class EvalConfig:
     policy: str = field(default="", metadata={"help": "checkpoint written by `robot-pref train` (last.pt/best.pt)"})
     task: str = field(default="", metadata={"help": "task name (default: the task the policy was trained on)"})
     episodes: int = 50
-    workers: int = field(default=1, metadata={"help": "parallel Ray actors (1 = in this process)"})
+    workers: int = field(default=0, metadata={"help": "parallel Ray actors (1 = in this process, 0 = one per core)"})
     seed: int = field(default=1000, metadata={"help": "episode i starts from reset(seed + i)"})
     max_steps: int | None = field(default=None, metadata={"help": "steps per episode (default: the task horizon)"})
     videos: int = field(default=2, metadata={"help": "record this many episodes (the first ones) as mp4"})
@@ -144,7 +146,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     jobs = [(i, cfg.seed + i, video if i < cfg.videos else None) for i in range(cfg.episodes)]
     bar = tqdm(total=cfg.episodes, desc=f"eval {task}", unit="episode")
     rows: dict[int, dict] = {}
-    if cfg.workers <= 1:
+    workers = min(resolve_workers(cfg.workers), cfg.episodes)
+    if workers <= 1:
         worker = _Worker(str(policy_path), cfg.task, cfg.device)
         max_steps = cfg.max_steps or worker.horizon()
         try:
@@ -160,7 +163,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         init_ray(cfg.address)
         remote = ray.remote(num_cpus=1, num_gpus=1 if cfg.device.startswith("cuda") else 0)(_Worker)
         actors = [remote.remote(str(policy_path.resolve()), cfg.task, cfg.device)
-                  for _ in range(min(cfg.workers, cfg.episodes))]
+                  for _ in range(workers)]
         try:
             max_steps = cfg.max_steps or ray.get(actors[0].horizon.remote())
             pending = {actors[k % len(actors)].run.remote(seed, max_steps, vid): i for k, (i, seed, vid) in enumerate(jobs)}
@@ -191,7 +194,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "max_steps": max_steps, "success_rate": successes / cfg.episodes, "successes": successes,
         "ci": [lo, hi], "ci_method": "wilson 95%", "mean_return": float(returns.mean()),
         "std_return": float(returns.std()), "mean_steps": float(np.mean([r["steps"] for r in per_episode])),
-        "wall_s": round(time.perf_counter() - t0, 2), "workers": cfg.workers, "videos": videos,
+        "wall_s": round(time.perf_counter() - t0, 2), "workers": workers, "videos": videos,
         "per_episode": per_episode,
     }
     (out / "eval_info.json").write_text(json.dumps(info, indent=2))

@@ -34,6 +34,7 @@ from robot_pref.eval.rollout import EvalConfig
 from robot_pref.feedback.config import LabelConfig
 from robot_pref.render.render import RenderConfig
 from robot_pref.reward.config import FitRewardConfig, RelabelConfig
+from robot_pref.resources import resolve_workers
 from robot_pref.rl.config import TrainConfig
 
 LEARNED_REWARD_KEY = "learned"
@@ -141,9 +142,9 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     source: tuple[str, ...] = ()
     if cfg.dataset == str(Path(cfg.run_dir) / "dataset.zarr"):  # no dataset given: collect one
         stages.append(Stage("collect", cfg.collect, lambda c: _collect_remaining(c, collect),
-                            cpus=max(cfg.collect.workers, 1)))
+                            cpus=resolve_workers(cfg.collect.workers)))
         source = ("collect",)
-    stages.append(Stage("render", cfg.render, render_dataset, source, cpus=cfg.render.actors))
+    stages.append(Stage("render", cfg.render, render_dataset, source, cpus=resolve_workers(cfg.render.actors)))
     label_cpus = cfg.label.workers if cfg.label.workers > 1 else 0.0  # in-process labelers wait on answers
     stages.append(Stage("label", cfg.label, label, ("render",), cpus=label_cpus))
     report_cfg = LabelReportConfig(dataset=cfg.dataset, labels=cfg.label.out)
@@ -164,7 +165,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         stages.append(Stage(f"train_{policy}", train_cfg, train, reads, cpus=max(cfg.train.threads, 1),
                             remote=remote, progress=lambda c=train_cfg: _train_progress(c)))
         stages.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",),
-                            cpus=max(cfg.eval.workers, 1)))
+                            cpus=resolve_workers(cfg.eval.workers)))
     return stages
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from robot_pref.resources import resolve_workers
+
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = 2  # episodes queued per actor: the next one is already there when the current one finishes
@@ -26,7 +28,7 @@ class RenderConfig:
     size: int = field(default=84, metadata={"help": "square frame size; --height/--width override it"})
     height: int | None = field(default=None, metadata={"help": "frame height (default: --size)"})
     width: int | None = field(default=None, metadata={"help": "frame width (default: --size)"})
-    actors: int = field(default=1, metadata={"help": "Ray actors rendering in parallel (one CPU each)"})
+    actors: int = field(default=0, metadata={"help": "Ray actors rendering in parallel (one CPU each; 0 = one per core)"})
     address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: local Ray)"})
     shadows: bool = field(default=False, metadata={"help": "render shadows (slower)"})
     reflections: bool = field(default=False, metadata={"help": "render reflections (slower)"})
@@ -52,8 +54,9 @@ def render_dataset(cfg: RenderConfig) -> dict:
     from robot_pref.render.actors import EpisodeRenderer
 
     height, width = cfg.shape
-    if height <= 0 or width <= 0 or cfg.actors < 1:
-        raise ValueError(f"frame size must be positive and --actors >= 1, got {height}x{width}, {cfg.actors} actors")
+    if height <= 0 or width <= 0 or cfg.actors < 0:
+        raise ValueError(f"frame size must be positive and --actors >= 0 (0 = one per core), got {height}x{width}, "
+                         f"{cfg.actors} actors")
     ds = TrajectoryDataset.open(cfg.dataset, "a")
     env_meta = ds.env_meta
     if not env_meta:
@@ -83,7 +86,7 @@ def render_dataset(cfg: RenderConfig) -> dict:
     from robot_pref.console import init_ray
 
     init_ray(cfg.address)
-    n_actors = min(cfg.actors, len(todo))
+    n_actors = min(resolve_workers(cfg.actors), len(todo))
     cpus = ray.cluster_resources().get("CPU", 0)
     if n_actors > cpus:
         raise ValueError(f"--actors {n_actors} needs {n_actors} CPUs but the Ray cluster has {cpus:g}; "

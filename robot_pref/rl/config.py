@@ -38,9 +38,9 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={"help": "torch.compile the losses (pays off for long runs)"})
     cuda_graph: bool = field(default=True, metadata={
         "help": "on CUDA, replay the whole update as one CUDA graph (low-dim observations; eager on CPU)"})
-    threads: int = field(default=1, metadata={
-        "help": "torch CPU threads; 1 suits 256-wide MLPs (on a busy 2-core machine 2 threads ran ~50x slower), "
-                "0 = torch's default"})
+    threads: int = field(default=0, metadata={
+        "help": "torch CPU threads; 0 = leave torch's choice (every core when alone, the cores Ray reserved "
+                "for it as a pipeline stage); pin 1 on a machine busy with other work"})
     log_every: int = 1000
     save_every: int = 10_000
     eval_every: int = field(default=0, metadata={"help": "evaluation rollouts every N steps (0 = off)"})
