@@ -74,13 +74,12 @@ def teleop(cfg: TeleopConfig, device=None, status=sys.stderr) -> dict:
                     fault = str(err)
                 if recording and not inp.events and not fault:
                     try:
-                        applied = robot.send(info.to_si(inp.action))
+                        rec.add(obs, robot.send(info.to_si(inp.action)))
+                        counts["steps"] += 1
+                        obs = robot.observe()  # a broken reading is a fault too: shown, and recording pauses
                     except SafetyFault as err:
                         fault = str(err)
                     else:
-                        rec.add(obs, applied)
-                        counts["steps"] += 1
-                        obs = robot.observe()
                         if len(rec) >= max_steps:
                             end(keep=True)
                 if live:

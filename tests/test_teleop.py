@@ -10,6 +10,7 @@ import pytest
 from robot_pref.data.dataset import DatasetError, TrajectoryDataset
 from robot_pref.hardware.config import SafetyConfig, TeleopConfig
 from robot_pref.hardware.devices import KeyboardDevice, ScriptedDevice, SpaceMouseDevice
+from robot_pref.hardware.fake import FakeArm
 from robot_pref.hardware.record import open_robot
 from robot_pref.hardware.server import RobotServer
 from robot_pref.hardware.teleop import teleop
@@ -70,6 +71,33 @@ def test_a_fault_pauses_recording_until_cleared(tmp_path):
                                  rate_hz=500))
     assert counts["saved"] == 1 and counts["steps"] == 4  # 2 before the fault, none while latched, 2 after
     assert TrajectoryDataset.open(tmp_path / "f.zarr").episode_table()["length"].tolist() == [4]
+
+
+class SensorDropsOut(FakeArm):
+    """Its hand position reads NaN from the ``bad_from``-th reading on."""
+
+    def __init__(self, bad_from: int):
+        super().__init__()
+        self.reads, self.bad_from = 0, bad_from
+
+    def observe(self, frames=True):
+        obs = super().observe(frames)
+        self.reads += 1
+        if self.reads >= self.bad_from:
+            obs.ee_pos = np.full(3, np.nan)
+        return obs
+
+
+def test_a_broken_reading_mid_episode_is_a_fault_not_a_crash(tmp_path):
+    arm = SensorDropsOut(bad_from=5)  # reads: reset 1, then safety's + teleop's per step: teleop's after step 2
+    with RobotServer(arm, port=0) as server:
+        counts = teleop(TeleopConfig(robot=f"remote:127.0.0.1:{server.port}", device="scripted", rate_hz=500,
+                                     script="start; move 0.1,0,0,0,0,0,0 x5; save", out=str(tmp_path / "t.zarr")))
+        assert "observed ee_pos" in server.robot.fault
+    assert counts["saved"] == 1 and counts["steps"] == 2  # 2 steps, then the fault paused recording
+    assert len(arm.applied) == 2 and all(np.all(np.isfinite(cmd)) for _, cmd in arm.applied)
+    ds = TrajectoryDataset.open(tmp_path / "t.zarr")
+    assert ds.episode_table()["length"].tolist() == [2] and np.all(np.isfinite(ds.get("obs")))
 
 
 def test_keyboard_decodes_keys_from_a_pipe():
