@@ -38,7 +38,7 @@ class RolloutConfig:
     on_fault: Literal["stop", "skip"] | None = field(
         default=None, metadata={"help": "after a safety fault: skip = end that episode, recover, go on; stop = end "
                                         "the run for the operator (default: skip on simulated arms, stop on real)"})
-    recover: bool = field(default=False, metadata={"help": "clear a fault left latched (not an e-stop) before starting"})
+    recover: bool = field(default=False, metadata={"help": "clear a fault left latched (not an e-stop) first"})
     out: str = field(default="", metadata={"help": "write the summary JSON here"})
     device: str | None = field(default=None, metadata={"help": "torch device for the policy (default: cuda if any)"})
     safety: SafetyConfig = field(default_factory=SafetyConfig)

@@ -80,7 +80,8 @@ def test_invalid_commands_are_faults():
                             ([0.0] * 6 + [None], "ee_delta", "real numbers.*object"),
                             ([True] * 7, "ee_delta", "real numbers.*bool"),
                             ([[0.0] * 7, [0.0]], "ee_delta", "7 real numbers"),  # ragged
-                            (np.zeros((1, 7)), "ee_delta", r"shape \(7,\)"), (np.zeros(9), "joint_pos", r"shape \(8,\)")]:
+                            (np.zeros((1, 7)), "ee_delta", r"shape \(7,\)"),
+                            (np.zeros(9), "joint_pos", r"shape \(8,\)")]:
         with pytest.raises(SafetyFault, match=what) as err:
             flt(cmd, mode, obs_at(), now=0.0)
         assert err.value.reason == "invalid_command"
