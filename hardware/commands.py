@@ -76,7 +76,8 @@ def rollout(cfg: RolloutConfig) -> dict:
     from robot_pref.hardware.rollout import rollout
 
     token(cfg.token)
-    return _robot_errors("rollout", rollout, cfg)
+    ask = input if sys.stdin is not None and sys.stdin.isatty() else None  # --on-fault stop asks the operator
+    return _robot_errors("rollout", lambda c: rollout(c, ask=ask), cfg)
 
 
 def register(sub) -> None:

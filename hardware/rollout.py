@@ -3,8 +3,8 @@
 The recorded episodes go into a normal dataset (applied commands as actions, tier "rollout"), ready to
 be labeled and trained on again. A safety fault ends its episode, not the run: the episode is kept
 (source ``rollout:POLICY fault=REASON: message``) and counted as a failure; then ``--on-fault skip``
-recovers and goes on with the next episode (the default on simulated arms), ``stop`` ends the run for
-the operator to look at the arm (the default on real ones).
+recovers and goes on with the next episode (the default on simulated arms), ``stop`` hands over to the
+operator (the default on real ones): asked at a terminal whether to go on, else the run ends.
 """
 
 from __future__ import annotations
@@ -61,11 +61,21 @@ def summarise(results: list[dict]) -> dict:
             "faults": dict(Counter(r["fault_reason"] for r in results if r["fault"]))}
 
 
-def rollout(cfg: RolloutConfig, policy=None) -> dict:
+def _operator_goes_on(ask, episode: int, fault: SafetyFault) -> bool:
+    try:
+        answer = ask(f"\nepisode {episode} ended by a fault ({fault}); the arm is stopped. Check it, then type "
+                     "'go' to recover and continue, anything else to end the run: ")
+    except EOFError:
+        return False
+    return answer.strip().lower() == "go"
+
+
+def rollout(cfg: RolloutConfig, policy=None, ask=None) -> dict:
     """Run ``cfg.episodes`` episodes; ``policy`` overrides loading ``cfg.policy`` (tests pass one).
 
-    Returns the summary once the run completed; with ``on_fault=stop`` a fault prints the summary so far
-    and raises the `SafetyFault`, naming how to go on.
+    Returns the summary once the run completed. With ``on_fault=stop`` a fault asks the operator through
+    ``ask(prompt) -> answer`` (the CLI passes `input` at a terminal); without one, or unless the answer is
+    ``go``, it prints the summary so far and raises the `SafetyFault`, naming how to go on.
     """
     from tqdm import tqdm
 
@@ -109,7 +119,7 @@ def rollout(cfg: RolloutConfig, policy=None) -> dict:
             if fault is None:
                 continue
             log.warning("episode %d ended by a safety fault: %s", i, fault)
-            if on_fault == "stop":
+            if on_fault == "stop" and not (ask and fault.reason != "estop" and _operator_goes_on(ask, i, fault)):
                 stopped = fault
                 break
             try:

@@ -130,6 +130,12 @@ def test_on_a_real_arm_a_fault_stops_the_run_for_the_operator(tmp_path):
     summary = json.loads(out.read_text())
     assert summary["on_fault"] == "stop" and not summary["completed"]
     assert [e["steps"] for e in summary["episodes"]] == [2] and summary["faults"] == {"invalid_command": 1}
+    prompts = []
+    asked = rollout(cfg, policy=NaNAt(3), ask=lambda prompt: prompts.append(prompt) or " Go\n")  # at a terminal
+    assert asked["completed"] and [e["steps"] for e in asked["episodes"]] == [2, 4, 4]
+    assert len(prompts) == 1 and "episode 0 ended by a fault" in prompts[0] and "'go'" in prompts[0]
+    with pytest.raises(SafetyFault, match="--seed 1"):
+        rollout(cfg, policy=NaNAt(3), ask=lambda prompt: "")  # anything but 'go' ends the run
     skip = rollout(RolloutConfig(robot="fake", episodes=3, max_steps=4, on_fault="skip"), policy=NaNAt(3))
     assert skip["completed"] and [e["steps"] for e in skip["episodes"]] == [2, 4, 4]
     assert (skip["successes"], skip["failures"], skip["unknown"], skip["success_rate"]) == (0, 1, 2, None)
