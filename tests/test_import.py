@@ -169,3 +169,111 @@ def test_demo_missing_key_is_named(tmp_path):
     with pytest.raises(DatasetError, match="demo_2 has no 'states'"):
         import_robomimic(ImportRobomimicConfig(file=str(path), out=str(tmp_path / "o.zarr")))
     assert TrajectoryDataset.open(tmp_path / "o.zarr").n_episodes == 1  # demo_0 went in whole
+
+
+# ---------------------------------------------------------------- states-only demos written by robosuite itself
+def robosuite_demo_file(folder, demos: int = 2, steps: int = 70) -> tuple[str, list[dict]]:
+    """Lift demos recorded by robosuite's DataCollectionWrapper, gathered by robosuite's own
+    gather_demonstrations_as_hdf5 (collect_human_demonstrations.py) and converted by robomimic's
+    convert_robosuite.py; our scripted expert only stands in for the human at the keyboard.
+    Returns the file and, per episode in recording order, what the env reported online."""
+    import subprocess
+    import sys
+
+    import robosuite as suite
+    from robosuite.scripts.collect_human_demonstrations import gather_demonstrations_as_hdf5
+    from robosuite.wrappers import DataCollectionWrapper
+
+    from robot_pref.envs.collectors import make_expert
+    from robot_pref.envs.tasks import controller_config, get_task
+
+    config = {"env_name": "Lift", "robots": "Panda", "controller_configs": controller_config()}
+    env = DataCollectionWrapper(suite.make(**config, has_renderer=False, has_offscreen_renderer=False,
+                                           use_camera_obs=False, ignore_done=True, reward_shaping=True,
+                                           control_freq=20, hard_reset=False), str(folder / "raw"))
+    keys, online = get_task("lift").obs_keys, []
+    for _ in range(demos):
+        obs = env.reset()
+        expert = make_expert("lift")
+        expert.reset(obs)
+        rows = {"obs": [], "success": []}
+        for _ in range(steps):
+            rows["obs"].append(np.concatenate([np.atleast_1d(obs[k]) for k in keys]))
+            obs, _, _, _ = env.step(expert.act(obs))
+            rows["success"].append(env._check_success())
+        online.append({k: np.asarray(v) for k, v in rows.items()})
+    env.close()
+    gather_demonstrations_as_hdf5(str(folder / "raw"), str(folder), json.dumps(config))
+    path = str(folder / "demo.hdf5")
+    subprocess.run([sys.executable, "-m", "robomimic.scripts.conversion.convert_robosuite", "--dataset", path],
+                   check=True, capture_output=True)
+    return path, online
+
+
+@pytest.fixture(scope="module")
+def demo_file(tmp_path_factory):
+    return robosuite_demo_file(tmp_path_factory.mktemp("robosuite"))
+
+
+def test_states_only_demos_replay(demo_file, tmp_path):
+    import robomimic.utils.file_utils as FileUtils
+
+    path, online = demo_file
+    with h5py.File(path, "r") as f:
+        names = sorted(f["data"], key=lambda n: int(n.split("_")[1]))
+        assert "obs" not in f[f"data/{names[0]}"] and "model_file" in f[f"data/{names[0]}"].attrs
+        states = {n: f[f"data/{n}/states"][()] for n in names}
+        actions = {n: f[f"data/{n}/actions"][()] for n in names}
+    FileUtils.create_hdf5_filter_key(path, [names[0]], "better")  # robomimic's own mask writer
+    FileUtils.create_hdf5_filter_key(path, names[1:], "worse")
+    out = tmp_path / "demos.zarr"
+    assert main(["import-robomimic", path, "--out", str(out)]) == 0
+    ds = TrajectoryDataset.open(out)
+    env = ds.env_meta
+    assert env["source"] == "robosuite-demos" and env["renderable"] and env["task"] == "lift"
+    assert env["recorded_env"]["name"] == "Lift" and ds.shape("obs")[1] == 19 and ds.fps == 20
+    table = ds.episode_table()
+    assert table["tier"].tolist() == ["better", "worse"] and table["success"].tolist() == [1, 1]
+    assert table["goal"].tolist() == ["to lift the red cube"] * 2 and not table["terminated"].any()
+    for e, n in enumerate(names):
+        sl = ds.episode_slice(e)
+        np.testing.assert_array_equal(ds.get("action", sl), actions[n].astype(np.float32))
+        np.testing.assert_array_equal(ds.get("state", sl), states[n])
+        # replayed observations are what the env showed online while the demo was recorded
+        match = [o for o in online if len(o["obs"]) == len(states[n])
+                 and np.abs(o["obs"][:1] - ds.get("obs", sl)[:1]).max() < 1e-6]
+        assert len(match) == 1
+        # (robosuite observes before the last physics substep's kinematics are recomputed: < 1 mm apart;
+        # a step off would be centimetres)
+        np.testing.assert_allclose(ds.get("obs", sl), match[0]["obs"], atol=1e-3)
+        success = ds.ground_truth("success")[sl]
+        np.testing.assert_array_equal(success[1:], match[0]["success"][:-1])  # success(s_{t+1}) after action t
+        reward = ds.ground_truth("reward")[sl]
+        assert reward[0] < 0.5 < reward[-1]  # shaped Lift reward: far from the cube, then lifted
+
+
+def test_states_only_bad_inputs(demo_file, tmp_path):
+    import shutil
+
+    path, _ = demo_file
+    broken = tmp_path / "broken.hdf5"
+    shutil.copy(path, broken)
+    with h5py.File(broken, "a") as f:
+        names = sorted(f["data"], key=lambda n: int(n.split("_")[1]))
+        del f[f"data/{names[1]}"].attrs["model_file"]
+    out = tmp_path / "o.zarr"
+    with pytest.raises(DatasetError, match=f"{names[1]} has no model_file attribute"):
+        import_robomimic(ImportRobomimicConfig(file=str(broken), out=str(out)))
+    assert TrajectoryDataset.open(out).n_episodes == 1  # the first demo went in whole
+    with h5py.File(broken, "a") as f:
+        f[f"data/{names[1]}"].attrs["model_file"] = f[f"data/{names[0]}"].attrs["model_file"]
+        states = f[f"data/{names[1]}/states"][()]
+        del f[f"data/{names[1]}/states"]
+        f[f"data/{names[1]}/states"] = states[:, :-2]  # two numbers short of the rebuilt scene's state
+    with pytest.raises(DatasetError, match=f"{names[1]}'s states .* do not fit the scene rebuilt from its model_file"):
+        import_robomimic(ImportRobomimicConfig(file=str(broken), out=str(out)))
+    with h5py.File(broken, "a") as f:
+        del f[f"data/{names[1]}/states"]
+        f[f"data/{names[1]}/states"] = states
+    import_robomimic(ImportRobomimicConfig(file=str(broken), out=str(out)))  # the same command resumes
+    assert TrajectoryDataset.open(out).n_episodes == 2

@@ -3,7 +3,9 @@
 robomimic's layout: ``data`` (attrs ``env_args``: JSON with env_name, type, env_kwargs) holding
 ``demo_N`` groups (attrs ``num_samples``) of ``obs/<key>``, ``actions`` (T, A), ``rewards`` (T,),
 ``dones`` (T,), ``states`` (T, S); optional ``mask/<filter key>`` lists of demo names.
-robomimic 0.3.0's env code does not run beside robosuite 1.5, so nothing here builds an env.
+robomimic 0.3.0's env code does not run beside robosuite 1.5, so nothing here builds an env; a file of
+states only (no ``obs``: robosuite's own demo files, robomimic's raw releases) is replayed in the task
+by `robot_pref.data.robosuite_demos`.
 
 How a demo becomes an episode (T rows, robomimic's observed steps s_0 .. s_{T-1}):
 
@@ -122,6 +124,10 @@ def import_robomimic(cfg: ImportRobomimicConfig) -> dict[str, Any]:
             keep = set(_names(f[f"mask/{cfg.filter_key}"][()]))
             demos = [d for d in demos if d in keep]
         tiers = {d: q for q in QUALITY_KEYS if f"mask/{q}" in f for d in _names(f[f"mask/{q}"][()])}
+        if demos and not layout["low_dim"] and not layout["images"]:  # states only: replay them in the task
+            from robot_pref.data.robosuite_demos import import_states
+
+            return import_states(cfg, f, demos, tiers)
         obs_keys = list(cfg.obs_keys) or (list(ROBOMIMIC_LOW_DIM) if set(ROBOMIMIC_LOW_DIM) <= set(layout["low_dim"])
                                           else layout["low_dim"])
         unknown = [k for k in obs_keys if k not in layout["low_dim"]]
