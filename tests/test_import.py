@@ -277,3 +277,26 @@ def test_states_only_bad_inputs(demo_file, tmp_path):
         f[f"data/{names[1]}/states"] = states
     import_robomimic(ImportRobomimicConfig(file=str(broken), out=str(out)))  # the same command resumes
     assert TrajectoryDataset.open(out).n_episodes == 2
+
+
+@pytest.mark.slow
+def test_states_only_demos_render_and_train(demo_file, tmp_path, ray_session, one_torch_thread):
+    """The replayed demos are renderable (the task's scene from attrs.env) and train a policy."""
+    from robot_pref.envs import TaskEnv
+    from robot_pref.render.render import RenderConfig, render_dataset
+
+    path, _ = demo_file
+    out = tmp_path / "demos.zarr"
+    import_robomimic(ImportRobomimicConfig(file=path, out=str(out)))
+    render_dataset(RenderConfig(dataset=str(out), camera="agentview", size=32, actors=1))
+    ds = TrajectoryDataset.open(out)
+    assert ds.rendered_episodes("agentview_32").all()
+    frames = ds.get("frames/agentview_32")
+    with TaskEnv.from_meta(ds.env_meta) as env:  # the frame of a state is that state, drawn again
+        env.set_state(ds.get("state")[-1])
+        np.testing.assert_array_equal(frames[-1], env.render("agentview", 32, 32))
+    assert np.abs(frames[0].astype(int) - frames[ds.episode_slice(0).stop - 1]).mean() > 1  # the cube moved
+    run = tmp_path / "bc"
+    assert main(["train", "--dataset", str(out), "--out", str(run), "--algo", "bc", "--steps", "20",
+                 "--batch-size", "32", "--device", "cpu"]) == 0
+    assert (run / "last.pt").is_file()
