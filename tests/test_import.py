@@ -300,3 +300,53 @@ def test_states_only_demos_render_and_train(demo_file, tmp_path, ray_session, on
     assert main(["train", "--dataset", str(out), "--out", str(run), "--algo", "bc", "--steps", "20",
                  "--batch-size", "32", "--device", "cpu"]) == 0
     assert (run / "last.pt").is_file()
+
+
+def test_export_robomimic_loads_in_robomimics_sequence_dataset(hdf5, tmp_path):
+    """export-robomimic's file read by robomimic's own SequenceDataset, and imported back unchanged."""
+    import robomimic.utils.obs_utils as ObsUtils
+    from robomimic.utils.dataset import SequenceDataset
+
+    path, demos = hdf5
+    out = tmp_path / "lift.zarr"
+    import_robomimic(ImportRobomimicConfig(file=str(path), out=str(out)))
+    ds = TrajectoryDataset.open(out, "a")
+    ds.write_reward("learned", np.arange(ds.n_frames) / 10.0)
+    rm = tmp_path / "export.hdf5"
+    assert main(["export-robomimic", "--dataset", str(out), "--out", str(rm), "--reward-key", "learned"]) == 0
+    order = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"]
+    ObsUtils.initialize_obs_utils_with_obs_specs({"obs": {"low_dim": order, "rgb": ["agentview_image"]}})
+    seq = SequenceDataset(hdf5_path=str(rm), obs_keys=(*order, "agentview_image"),
+                          dataset_keys=("actions", "rewards", "dones"), load_next_obs=True,
+                          filter_by_attribute="worse")
+    assert len(seq) == DEMOS["demo_2"] + DEMOS["demo_10"]  # the mask robomimic filters by: our tiers
+    ds = TrajectoryDataset.open(out)
+    learned = ds.get("rewards/learned")
+    rows = np.concatenate([np.arange(ds.episode_slice(e).start, ds.episode_slice(e).stop) for e in (1, 2)])
+    names = ["demo_0", "demo_2", "demo_10"]
+    for i, row in enumerate(rows):
+        item = seq[i]
+        np.testing.assert_array_equal(item["actions"][0], ds.get("action")[row])
+        np.testing.assert_allclose(np.concatenate([item["obs"][k][0] for k in order]), ds.get("obs")[row])
+        last = row + 1 in ds.episode_ends
+        assert item["rewards"][0] == pytest.approx(learned[row if last else row + 1])  # r(s_{t+1})
+        assert item["dones"][0] == last
+        # the stored frame upside down again, as robosuite records it (robomimic's own images are)
+        image = ds.get("frames/agentview_12x16", np.array([row]))[0][::-1]
+        np.testing.assert_array_equal(item["obs"]["agentview_image"][0], image)
+        np.testing.assert_array_equal(item["obs"]["agentview_image"][0], demos[names[ds.episode_of([row])[0]]][
+            "obs"]["agentview_image"][row - ds.episode_starts[ds.episode_of([row])[0]]])
+    back = tmp_path / "back.zarr"
+    import_robomimic(ImportRobomimicConfig(file=str(rm), out=str(back)))
+    again = TrajectoryDataset.open(back)
+    for key in ("obs", "action", "state", "frames/agentview_12x16"):
+        np.testing.assert_array_equal(again.get(key), ds.get(key))
+    assert again.episode_table()["tier"].tolist() == ["better", "worse", "worse"]
+    from robot_pref.data.commands import ExportRobomimicConfig
+    from robot_pref.data.robomimic import export_robomimic
+
+    with pytest.raises(DatasetError, match="already exists"):
+        export_robomimic(ExportRobomimicConfig(dataset=str(out), out=str(rm)))
+    with pytest.raises(DatasetError, match="has no reward 'nope'"):
+        export_robomimic(ExportRobomimicConfig(dataset=str(out), out=str(tmp_path / "x.hdf5"), reward_key="nope"))
+    assert not (tmp_path / "x.hdf5").exists()

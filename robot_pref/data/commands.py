@@ -120,6 +120,28 @@ def export_lerobot(cfg: ExportLerobotConfig) -> dict:
     return summary
 
 
+@dataclass
+class ExportRobomimicConfig:
+    dataset: str = field(default="", metadata={"help": "zarr dataset to export"})
+    out: str = field(default="", metadata={"help": "robomimic .hdf5 file to write"})
+    reward_key: str = field(default="", metadata={
+        "help": "learned reward rewards/<key> to write as rewards ('true': the ground truth; default: zeros)"})
+    cameras: tuple[str, ...] = field(default=(), metadata={
+        "help": "frame keys to write as obs/<camera>_image, comma separated (default: every fully rendered key)"})
+    flip_images: bool = field(default=True, metadata={"help": "write images upside down, as robosuite records them"})
+    overwrite: bool = field(default=False, metadata={"help": "replace --out if it exists"})
+
+
+def export_robomimic(cfg: ExportRobomimicConfig) -> dict:
+    from robot_pref.data.robomimic import export_robomimic as run
+
+    summary = run(cfg)
+    print(f"wrote {summary['path']}: {summary['demos']} demos, {summary['frames']} steps, obs {', '.join(summary['obs'])}"
+          f"{', images ' + ', '.join(summary['images']) if summary['images'] else ''}, rewards "
+          f"{summary['reward'] or 'zeros'}")
+    return summary
+
+
 def register(sub) -> None:
     from robot_pref.config import add_command
 
@@ -132,5 +154,7 @@ def register(sub) -> None:
                          help="Convert a LeRobotDataset (v3.0 or v2.x: actions, state, cameras, tasks, rewards) "
                          "to a zarr dataset")
     parser.add_argument("source", nargs="?", default=argparse.SUPPRESS, help="the LeRobot dataset folder or repo id")
+    add_command(sub, "export-robomimic", ExportRobomimicConfig, export_robomimic,
+                help="Write a dataset as a robomimic hdf5 file (obs parts, images, states, a learned reward as rewards)")
     add_command(sub, "export-lerobot", ExportLerobotConfig, export_lerobot,
                 help="Write a dataset as a LeRobotDataset v3.0 (videos, tasks, a learned reward as next.reward)")

@@ -162,3 +162,104 @@ def import_robomimic(cfg: ImportRobomimicConfig) -> dict[str, Any]:
             except DatasetError as err:
                 raise DatasetError(f"{cfg.file} {name}: {err}") from err
     return ds.summary()
+
+
+def _obs_parts(ds) -> dict[str, tuple[int, int]]:
+    """Column range of each named observation part: recorded at import (``obs_dims``), else the task's own."""
+    env = ds.env_meta
+    dims = env.get("obs_dims")
+    if not dims and env.get("task"):
+        from robot_pref.envs import TaskEnv
+
+        with TaskEnv.from_meta(env) as task_env:
+            return dict(task_env._obs_slices)
+    if not dims:
+        return {"obs": (0, ds.shape("obs")[1])}
+    ends = np.cumsum([0, *dims.values()])
+    return {k: (int(a), int(b)) for k, a, b in zip(dims, ends[:-1], ends[1:])}
+
+
+def export_robomimic(cfg) -> dict[str, Any]:
+    """Write ``cfg.dataset`` as a robomimic hdf5 file (written to ``<out>.partial``, renamed when complete).
+
+    Per demo: ``obs/<part>`` and ``next_obs/<part>`` (the observation split into its named parts),
+    ``obs/<camera>_image`` for every fully rendered frame key (flipped to robosuite's upside-down
+    convention unless ``flip_images`` is off, as import reads it), ``actions``, ``states``,
+    ``rewards`` (robomimic's r(s_{t+1}) = the store's reward[t + 1]; the last row repeats its own) from
+    ``rewards/<reward_key>`` (``true``: the ground truth; none: zeros, recorded in ``data.attrs``),
+    ``dones`` (1 on each demo's last step, robomimic's end of demo); ``mask/<tier>`` lists demos per tier.
+    """
+    import os
+
+    import h5py
+    from tqdm import tqdm
+
+    from robot_pref.data.dataset import TrajectoryDataset
+
+    if not cfg.dataset or not cfg.out:
+        raise ValueError("give --dataset and --out, e.g. `robot-pref export-robomimic --dataset data/lift.zarr "
+                         "--out exports/lift.hdf5 --reward-key learned`")
+    ds = TrajectoryDataset.open(cfg.dataset)
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise DatasetError(f"{out} already exists; choose another --out, or pass --overwrite to replace it")
+    if cfg.reward_key == "true":
+        reward = ds.ground_truth("reward")
+    elif cfg.reward_key:
+        if cfg.reward_key not in ds.reward_keys:
+            raise DatasetError(f"{cfg.dataset} has no reward {cfg.reward_key!r} (it has {ds.reward_keys or 'none'}; "
+                               f"'true' is the ground truth); write one with `robot-pref relabel --key {cfg.reward_key}`")
+        reward = ds.get(f"rewards/{cfg.reward_key}")
+        if np.isnan(reward).any():
+            raise DatasetError(f"rewards/{cfg.reward_key} of {cfg.dataset} has unwritten (NaN) rows; finish "
+                               "`robot-pref relabel` first")
+    else:
+        reward = np.zeros(ds.n_frames, np.float32)
+    cameras = list(cfg.cameras) or [k for k in ds.frame_keys if ds.rendered_episodes(k).all()]
+    names = {}
+    for key in cameras:
+        if key not in ds.frame_keys or not ds.rendered_episodes(key).all():
+            raise DatasetError(f"frames/{key} is not rendered for every episode of {cfg.dataset} (frame keys: "
+                               f"{ds.frame_keys}); run `robot-pref render` or choose --cameras")
+        image = key.rpartition("_")[0] + "_image"
+        if image in names.values():
+            raise DatasetError(f"frame keys {[k for k in cameras if k.startswith(image[:-6])]} are one camera at two "
+                               f"sizes; robomimic holds one {image}: choose one with --cameras")
+        names[key] = image
+    parts = _obs_parts(ds)
+    env = ds.env_meta
+    env_args = {"env_name": env.get("name", ""), "type": env.get("env_type", 1),
+                "env_kwargs": env.get("env_kwargs", env.get("kwargs", {}))}
+    table = ds.episode_table()
+    obs, action, state = ds.get("obs"), ds.get("action"), ds.get("state")
+    partial = out.with_name(out.name + ".partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(partial, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps(env_args)
+        data.attrs["total"] = ds.n_frames
+        data.attrs["rewards"] = cfg.reward_key or "none (zeros)"
+        for e in tqdm(range(ds.n_episodes), desc=f"export {out.name}", unit="demo"):
+            sl = ds.episode_slice(e)
+            g = data.create_group(f"demo_{e}")
+            g.attrs["num_samples"] = sl.stop - sl.start
+            for part, (a, b) in parts.items():
+                x = obs[sl, a:b]
+                g.create_dataset(f"obs/{part}", data=x)
+                g.create_dataset(f"next_obs/{part}", data=np.concatenate([x[1:], x[-1:]]))
+            for key, image in names.items():
+                x = ds.get(f"frames/{key}", sl)
+                x = x[:, ::-1] if cfg.flip_images else x
+                g.create_dataset(f"obs/{image}", data=x)
+                g.create_dataset(f"next_obs/{image}", data=np.concatenate([x[1:], x[-1:]]))
+            r = reward[sl]
+            g.create_dataset("actions", data=action[sl])
+            g.create_dataset("states", data=state[sl])
+            g.create_dataset("rewards", data=np.concatenate([r[1:], r[-1:]]).astype(np.float32))
+            g.create_dataset("dones", data=(np.arange(sl.stop - sl.start) == sl.stop - sl.start - 1).astype(np.int64))
+        for tier in sorted(set(table["tier"].tolist()) - {""}):
+            f.create_dataset(f"mask/{tier}", data=np.array(
+                [f"demo_{e}" for e in np.flatnonzero(table["tier"] == tier)], dtype="S"))
+    os.replace(partial, out)
+    return {"path": str(out), "demos": ds.n_episodes, "frames": ds.n_frames, "obs": list(parts),
+            "images": list(names.values()), "reward": cfg.reward_key or None}
