@@ -222,3 +222,41 @@ def test_export_loads_in_lerobots_own_dataset_class(exported, tmp_path):
     for lk, key in (("observation.images.front", "front_24x32"), ("observation.images.wrist", "wrist_16")):
         np.testing.assert_array_equal(frames[lk], back.get(f"frames/{key}"))  # LeRobot decodes what we decode
         assert_same_frames(frames[lk], ds.get(f"frames/{key}"))
+
+
+def test_v21_layout(tmp_path, expected):
+    """codebase v2.1 (one parquet file and one mp4 per episode, meta/*.jsonl): laid out here from the
+    LeRobot-written v3.0 files of episodes 0 and 2 (LeRobot 0.4.4 writes v3.0 only)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "v21"
+    (root / "meta").mkdir(parents=True)
+    info = json.loads((FIXTURE / "meta/info.json").read_text())
+    info |= {"codebase_version": "v2.1", "total_episodes": 2,
+             "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+             "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"}
+    (root / "meta/info.json").write_text(json.dumps(info))
+    (root / "meta/tasks.jsonl").write_text("\n".join(json.dumps({"task_index": i, "task": t}) for i, t in
+                                                     enumerate(["pick up the red cube", "push the block to the left"])))
+    (root / "meta/episodes.jsonl").write_text("\n".join(json.dumps({"episode_index": i, "tasks": [GOALS[e]],
+                                                                    "length": LENGTHS[e]})
+                                                        for i, e in enumerate((0, 2))))
+    table = pq.read_table(FIXTURE / "data/chunk-000/file-000.parquet")
+    videos = FIXTURE / "videos/observation.images.front/chunk-000"
+    for i, (e, video) in enumerate(((0, "file-000.mp4"), (2, "file-001.mp4"))):  # both start at 0 s in their file
+        rows = table.filter(pa.compute.equal(table["episode_index"], e))
+        rows = rows.set_column(rows.schema.get_field_index("episode_index"), "episode_index",
+                               pa.array(np.full(rows.num_rows, i)))
+        (root / "data/chunk-000").mkdir(parents=True, exist_ok=True)
+        pq.write_table(rows, root / f"data/chunk-000/episode_{i:06d}.parquet")
+        target = root / f"videos/chunk-000/observation.images.front/episode_{i:06d}.mp4"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(videos / video, target)
+    ds = TrajectoryDataset.open(run(root, tmp_path / "v21.zarr")["path"])
+    assert ds.env_meta["codebase_version"] == "v2.1" and ds.episode_table()["length"].tolist() == [12, 15]
+    assert ds.episode_table()["goal"].tolist() == [GOALS[0], GOALS[2]]
+    for i, e in enumerate((0, 2)):
+        sl = ds.episode_slice(i)
+        np.testing.assert_array_equal(ds.get("action", sl), expected[f"action/{e}"])
+        np.testing.assert_array_equal(ds.get("frames/front_24x32", sl), expected[f"lerobot_decoded.front/{e}"])
