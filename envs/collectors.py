@@ -191,6 +191,13 @@ TURN = 1.3  # handle angle (rad) past which the latch tip clears the frame post
 
 
 PLANS: dict[str, Callable[[Obs], list[Waypoint]]] = {"lift": lift_plan, "stack": stack_plan, "door": door_plan}
+# a task's own medium-tier behaviour on top of noise and pauses: wrapper(policy, obs_dict, rng) -> policy
+MEDIUM_WRAPPERS: dict[str, Callable] = {}
+
+from robot_pref.envs import cloth_collectors  # noqa: E402  (its plan builds on Waypoint above)
+
+PLANS["cloth_fold"] = cloth_collectors.fold_plan
+MEDIUM_WRAPPERS["cloth_fold"] = cloth_collectors.early_release
 
 
 def make_expert(task: str) -> WaypointExpert:
@@ -219,7 +226,8 @@ def _policy(env: TaskEnv, tier: str, rng: np.random.Generator) -> Callable[[np.n
             action[:6] = 0.0
         return action + rng.normal(0.0, MEDIUM_NOISE, size=action.shape).astype(np.float32)
 
-    return medium
+    wrap = MEDIUM_WRAPPERS.get(env.task.name)
+    return medium if wrap is None else wrap(medium, env.obs_dict, rng)
 
 
 def collect_episode(

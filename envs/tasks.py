@@ -71,6 +71,8 @@ class TaskSpec:
     # bodies without a joint that robosuite moves at reset by editing the model (the door): their
     # pose is not in qpos, so it is appended to the saved state
     placed_bodies: tuple[str, ...] = ()
+    # the TaskEnv class ("module:Class"); a task with state beyond MuJoCo's (the cloth's picker) subclasses it
+    env_class: str = "robot_pref.envs.tasks:TaskEnv"
 
     @property
     def obs_keys(self) -> tuple[str, ...]:
@@ -93,6 +95,12 @@ TASKS: dict[str, TaskSpec] = {
         object_keys=("door_pos", "handle_pos", "door_to_eef_pos", "handle_to_eef_pos", "hinge_qpos",
                      "handle_qpos"),
         horizon=200, placed_bodies=("Door_main",),
+    ),
+    "cloth_fold": TaskSpec(  # a flex cloth with a picker grasp: envs/cloth.py, docs/CLOTH.md
+        name="cloth_fold", env_name="ClothFold",
+        goal="to fold the cloth diagonally from the top left corner to the bottom right corner",
+        object_keys=("cloth_corners", "cloth_center", "gripper_to_corner", "cloth_held"),
+        horizon=100, env_class="robot_pref.envs.cloth:ClothEnv",
     ),
 }
 
@@ -154,7 +162,16 @@ def make_env(task: str, seed: int | None = None, **env_overrides: Any) -> "TaskE
 
     ``seed`` seeds the first `reset` (later resets continue the stream unless given their own seed).
     """
-    return TaskEnv(get_task(task), env_kwargs(task, **env_overrides), seed=seed)
+    spec = get_task(task)
+    return env_class(spec)(spec, env_kwargs(task, **env_overrides), seed=seed)
+
+
+def env_class(spec: TaskSpec) -> type["TaskEnv"]:
+    """The task's TaskEnv class; importing its module also registers its robosuite environment."""
+    import importlib
+
+    module, name = spec.env_class.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class TaskEnv:
@@ -333,7 +350,8 @@ class TaskEnv:
                 f"env metadata needs 'task' and 'kwargs' (got keys {sorted(meta)}); it must come from "
                 "TaskEnv.meta(), as stored by `robot-pref collect` in dataset attrs['env']"
             )
-        return cls(get_task(meta["task"]), dict(meta["kwargs"]), seed=seed)
+        spec = get_task(meta["task"])
+        return env_class(spec)(spec, dict(meta["kwargs"]), seed=seed)
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
