@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 VERBOSE_ENV = "ROBOT_PREF_VERBOSE"
@@ -36,11 +37,26 @@ class _ErrorsUnlessVerbose(logging.Filter):
 _ERRORS_UNLESS_VERBOSE = _ErrorsUnlessVerbose()
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (a test's capture, a redirect), not the one at set-up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure(verbose_flag: bool = False) -> None:
     """Set up console logging for a command; ``verbose_flag`` (``-v``) shows every library's lines."""
     if verbose_flag:
         os.environ[VERBOSE_ENV] = "1"
-    handler = logging.StreamHandler()
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if not verbose():
         handler.addFilter(_OwnLinesOnly())
