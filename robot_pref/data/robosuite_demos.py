@@ -49,8 +49,12 @@ def task_of(env_name: str, path: str):
                        f"robot_pref's tasks replay {sorted(s.env_name for s in TASKS.values())}")
 
 
-def replay_demo(env, demo, name: str) -> Episode:
-    """Rebuild ``demo``'s scene from its model_file, set each saved state, record what the task sees."""
+def replay_demo(env, demo, name: str, loaded: dict) -> Episode:
+    """Rebuild ``demo``'s scene from its model_file, set each saved state, record what the task sees.
+
+    ``loaded`` remembers the XML the env holds: demos of one recording session share their scene, and
+    rebuilding it (~0.2 s) would cost more than replaying a whole demo.
+    """
     path = demo.file.filename
     if "model_file" not in demo.attrs:
         raise DatasetError(f"{path}: {name} has no model_file attribute, so its scene cannot be rebuilt; "
@@ -60,11 +64,15 @@ def replay_demo(env, demo, name: str) -> Episode:
         if key not in demo:
             raise DatasetError(f"{path}: {name} has no {key!r} (it holds {sorted(demo)})")
     raw = env.unwrapped
-    try:
-        raw.reset_from_xml_string(raw.edit_model_xml(demo.attrs["model_file"]))
-    except Exception as err:  # MuJoCo's XML errors, robosuite's asserts
-        raise DatasetError(f"{path}: {name}'s model_file does not load in robosuite "
-                           f"({type(err).__name__}: {err}); it was saved by an incompatible robosuite") from err
+    xml = demo.attrs["model_file"]
+    if loaded.get("xml") != xml:
+        loaded.pop("xml", None)
+        try:
+            raw.reset_from_xml_string(raw.edit_model_xml(xml))
+        except Exception as err:  # MuJoCo's XML errors, robosuite's asserts
+            raise DatasetError(f"{path}: {name}'s model_file does not load in robosuite "
+                               f"({type(err).__name__}: {err}); it was saved by an incompatible robosuite") from err
+        loaded["xml"] = xml
     states, actions = np.asarray(demo["states"], np.float64), np.asarray(demo["actions"], np.float32)
     sim_dim = raw.sim.get_state().flatten().shape[0]
     if states.ndim != 2 or states.shape[1] != sim_dim or len(states) != len(actions) or not len(states):
@@ -108,9 +116,10 @@ def import_states(cfg, f, demos: list[str], tiers: dict[str, str]) -> dict[str, 
             env={**meta, "source": "robosuite-demos", "renderable": True, "file": str(Path(cfg.file).resolve()),
                  "recorded_env": {"name": env_name, "kwargs": recorded}})
         done = check_resumed(ds, [int(f[f"data/{d}/actions"].shape[0]) for d in demos], cfg.file)
+        loaded: dict = {}
         for name in tqdm(demos[done:], desc=f"replay {Path(cfg.file).name}", unit="demo", initial=done,
                          total=len(demos)):
-            ep = replay_demo(env, f[f"data/{name}"], name)
+            ep = replay_demo(env, f[f"data/{name}"], name, loaded)
             ep.task, ep.goal, ep.tier, ep.source = cfg.task or spec.name, cfg.goal or spec.goal, tiers.get(name, ""), \
                 "robosuite-demos"
             try:
