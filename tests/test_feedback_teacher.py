@@ -95,3 +95,58 @@ def test_answers_depend_on_the_query_not_the_batch(ds, pairs):
     whole = [a.label for a in asyncio.run(t.label(qs))]
     split = [a.label for a in asyncio.run(t.label(qs[150:])) + asyncio.run(t.label(qs[:150]))]
     assert whole == split[150:] + split[:150]
+
+
+def binned(gap, n_bins=5):
+    """Bins of the normalised gap with enough pairs each (quantiles of the non-tied pairs)."""
+    edges = np.quantile(gap[gap > 0], np.linspace(0, 1, n_bins + 1))
+    return [(gap > lo) & (gap <= hi) for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def test_vlm_like_accuracy_and_abstention_follow_the_gap(ds, pairs):
+    from robot_pref.feedback.teacher import VLMErrorModel
+
+    t, label, skip, ra, rb = decide(ds, pairs, kind="vlm-like")
+    model = VLMErrorModel()
+    gap = np.abs(rb - ra) / np.ptp(ds.ground_truth("reward"))
+    truth = (rb > ra).astype(np.int8)
+    accs = []
+    for sel in binned(gap):
+        answered = sel & (label != -1)
+        abst = model.p_abstain(gap[sel]).mean()
+        assert abs(np.mean(label[sel] == -1) - abst) < 4 * np.sqrt(abst * (1 - abst) / sel.sum()) + 1e-9
+        acc = model.p_correct(gap[answered]).mean()
+        accs.append(np.mean(label[answered] == truth[answered]))
+        assert abs(accs[-1] - acc) < 4 * np.sqrt(acc * (1 - acc) / answered.sum()), (accs[-1], acc)
+    assert accs[0] < 0.62 and accs[-1] > 0.9  # near chance on near-ties, right on obvious pairs
+    tie = gap == 0
+    assert abs(np.mean(label[tie] == -1) - model.abstain) < 0.05 and not skip.any()
+    assert t.settings()["errors"] == model.settings()
+
+
+def test_vlm_like_position_bias_prefers_image_1_when_unsure(ds, pairs):
+    from robot_pref.feedback.teacher import VLMErrorModel
+
+    model = VLMErrorModel(position_bias=0.8, abstain=0.0, floor=0.6, midpoint=0.3, width=0.1)
+    _, label, _, ra, rb = decide(ds, pairs, kind="vlm-like", position_bias=0.8, abstain=0.0, floor=0.6,
+                                 midpoint=0.3, width=0.1)
+    gap = np.abs(rb - ra) / np.ptp(ds.ground_truth("reward"))
+    truth = (rb > ra).astype(np.int8)
+    assert not (label == -1).any()
+    for sel in binned(gap, 4):
+        u = model.p_unsure(gap[sel])
+        expect_image1 = ((1 - u) * (truth[sel] == 0) + u * 0.8).mean()  # right when sure, else "Image 1" w.p. 0.8
+        assert abs(np.mean(label[sel] == 0) - expect_image1) < 4 * np.sqrt(0.25 / sel.sum())
+        when_b = sel & (truth == 1)  # the bias costs accuracy exactly where Image 2 is the right answer
+        assert np.mean(label[when_b] == 1) < np.mean(label[sel & (truth == 0)] == 0)
+    _, unbiased, *_ = decide(ds, pairs, kind="vlm-like", abstain=0.0, floor=0.6, midpoint=0.3, width=0.1)
+    assert abs(np.mean(unbiased[gap > 0] == 0) - np.mean(truth[gap > 0] == 0)) < 0.02
+
+
+def test_vlm_like_parameters_are_checked(ds):
+    with pytest.raises(ValueError, match="floor <= ceiling"):
+        TeacherLabeler(TeacherConfig(kind="vlm-like", floor=0.4), "goal", dataset=ds)
+    with pytest.raises(ValueError, match="--teacher.kind vlm-like"):
+        TeacherLabeler(TeacherConfig(kind="oracle", position_bias=0.7), "goal", dataset=ds)
+    with pytest.raises(ValueError, match="do not apply"):
+        TeacherLabeler(TeacherConfig(kind="vlm-like", eps=0.1), "goal", dataset=ds)

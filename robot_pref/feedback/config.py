@@ -51,8 +51,8 @@ class ClipConfig:
 
 @dataclass
 class TeacherConfig:
-    kind: Literal["oracle", "stochastic", "myopic", "mistake", "skip", "equal"] = field(
-        default="oracle", metadata={"help": "B-Pref teacher preset"})
+    kind: Literal["oracle", "stochastic", "myopic", "mistake", "skip", "equal", "vlm-like"] = field(
+        default="oracle", metadata={"help": "B-Pref teacher preset, or vlm-like (gap-dependent VLM error model)"})
     beta: float | None = field(default=None, metadata={"help": "rationality (stochastic preset: 1); none = perfectly rational"})
     gamma: float | None = field(default=None, metadata={"help": "myopic discount (myopic preset: 0.9)"})
     eps: float | None = field(default=None, metadata={"help": "mistake probability (mistake preset: 0.1)"})
@@ -60,6 +60,14 @@ class TeacherConfig:
     equal: float | None = field(default=None, metadata={"help": "tie threshold / average segment return (equal preset: 0.1)"})
     segment: int = field(default=1, metadata={"help": "frames per segment, ending at the queried frame"})
     seed: int = 0
+    # vlm-like error model (robot_pref.feedback.teacher.VLMErrorModel); none = its default
+    floor: float | None = field(default=None, metadata={"help": "vlm-like: accuracy at a zero gap (default 0.5)"})
+    ceiling: float | None = field(default=None, metadata={"help": "vlm-like: accuracy at a large gap (0.95)"})
+    midpoint: float | None = field(default=None, metadata={"help": "vlm-like: normalised gap of half-way accuracy (0.15)"})
+    width: float | None = field(default=None, metadata={"help": "vlm-like: logistic width in normalised gap (0.05)"})
+    position_bias: float | None = field(default=None, metadata={"help": "vlm-like: P(guess 'Image 1') when unsure (0.5)"})
+    abstain: float | None = field(default=None, metadata={"help": "vlm-like: abstention rate at a zero gap (0.3)"})
+    abstain_halflife: float | None = field(default=None, metadata={"help": "vlm-like: gap halving abstention (0.05)"})
 
 
 @dataclass
