@@ -478,10 +478,10 @@ def export_lerobot(cfg) -> dict[str, Any]:
     video_keys = {k: known.get(k.rpartition("_")[0], f"observation.images.{k.rpartition('_')[0]}") for k in cameras}
     fps = int(ds.fps) if float(ds.fps).is_integer() else ds.fps
     A, D = ds.shape("action")[1], ds.shape("obs")[1]
-    features: dict[str, dict] = {
-        "action": {"dtype": "float32", "shape": [A], "names": None},
-        "observation.state": {"dtype": "float32", "shape": [D], "names": list(ds.attrs.get("obs_keys") or []) or None},
-    }
+    imported = ds.env_meta.get("features", {}) if ds.attrs.get("obs_keys") == ["observation.state"] else {}
+    features: dict[str, dict] = {  # a LeRobot import keeps its per-number names (motors, joints)
+        k: {"dtype": "float32", "shape": [n], "names": imported.get(k, {}).get("names")}
+        for k, n in (("action", A), ("observation.state", D))}
     for key, lk in video_keys.items():
         h, w = ds.shape(f"frames/{key}")[1:3]
         if h % 2 or w % 2:
@@ -495,8 +495,6 @@ def export_lerobot(cfg) -> dict[str, Any]:
     features["next.done"] = {"dtype": "bool", "shape": [1], "names": None}
     for k in INDEX_KEYS:
         features[k] = {"dtype": "float32" if k == "timestamp" else "int64", "shape": [1], "names": None}
-    if features["observation.state"]["names"] and len(features["observation.state"]["names"]) != D:
-        features["observation.state"]["names"] = None  # obs_keys name groups of numbers, not each number
 
     table = ds.episode_table()
     texts = [g or t for g, t in zip(table["goal"].tolist(), table["task"].tolist())]
