@@ -183,7 +183,6 @@ def robosuite_demo_file(folder, demos: int = 2, steps: int = 70) -> tuple[str, l
     import robosuite as suite
     from robosuite.scripts.collect_human_demonstrations import gather_demonstrations_as_hdf5
     from robosuite.wrappers import DataCollectionWrapper
-
     from robot_pref.envs.collectors import make_expert
     from robot_pref.envs.tasks import controller_config, get_task
 
@@ -283,6 +282,7 @@ def test_states_only_bad_inputs(demo_file, tmp_path):
 def test_states_only_demos_render_and_train(demo_file, tmp_path, ray_session, one_torch_thread):
     """The replayed demos are renderable (the task's scene from attrs.env) and train a policy."""
     from robot_pref.envs import TaskEnv
+
     from robot_pref.render.render import RenderConfig, render_dataset
 
     path, _ = demo_file

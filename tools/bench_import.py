@@ -83,10 +83,10 @@ def bench_lerobot(tmp: Path, args) -> list[tuple[str, float, str]]:
 def bench_replay(tmp: Path, args) -> list[tuple[str, float, str]]:
     import h5py
     import mujoco
+    from robot_pref.envs import make_env
 
     from robot_pref.data.commands import ImportRobomimicConfig
     from robot_pref.data.robomimic import import_robomimic
-    from robot_pref.envs import make_env
 
     env = make_env("lift", seed=0)
     raw = env.unwrapped

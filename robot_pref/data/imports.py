@@ -8,8 +8,9 @@ or a kill resumes where it stopped; an ``--out`` holding anything else is refuse
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -426,7 +426,7 @@ def _stats(x: np.ndarray) -> dict[str, Any]:
     out = {name: getattr(np, name)(x, axis=0) for name in ("min", "max", "mean", "std")}
     out |= {f"q{int(q * 100):02d}": np.quantile(x, q, axis=0) for q in (0.01, 0.10, 0.50, 0.90, 0.99)}
     out = {k: np.atleast_1d(v).tolist() for k, v in out.items()}
-    return out | {"count": [int(len(x))]}
+    return out | {"count": [len(x)]}
 
 
 def export_lerobot(cfg) -> dict[str, Any]:
