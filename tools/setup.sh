@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One-command install on a fresh Debian/Ubuntu machine: system GL libraries for headless MuJoCo
-# rendering (EGL through Mesa), then a virtual environment .venv with robot_pref and its tests.
+# rendering (EGL through Mesa) and Chromium (the report test opens report.html in it through Playwright),
+# then a virtual environment .venv with robot_pref and its tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libglib2.0-0 ffmpeg; do
+for pkg in libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libglib2.0-0 ffmpeg chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

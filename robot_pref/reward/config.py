@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from robot_pref.tracking import LogKind
+
 
 @dataclass
 class FitRewardConfig:
@@ -41,6 +43,11 @@ class FitRewardConfig:
     clip_config: str = field(default="", metadata={"help": "JSON file of an extra open_clip architecture to register"})
     cache_mb: int = field(default=4096, metadata={"help": "cache the labeled frames in memory up to this size"})
     eval_frames: int = field(default=20000, metadata={"help": "frames (whole episodes) used for correlations"})
+    min_pairs: int = field(default=200, metadata={
+        "help": "warn (log and eval.json) when ties, abstentions and failures leave fewer usable labelled pairs"})
+    log: LogKind = field(default="none", metadata={
+        "help": "training log: tensorboard (OUT/tensorboard) or wandb (WANDB_MODE=offline: OUT/wandb): losses, "
+                "validation accuracy per epoch, the final correlations and eval.png"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing checkpoint in --out"})
 
 

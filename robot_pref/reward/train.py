@@ -24,6 +24,7 @@ from robot_pref.data.dataset import DatasetError, TrajectoryDataset
 from robot_pref.reward.config import FitRewardConfig
 from robot_pref.reward.models import (SPEC_FILE, WEIGHTS_FILE, ModelSpec, RewardModel, autocast, default_device,
                                       save_reward_model)
+from robot_pref.tracking import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +144,14 @@ def validate(model: RewardModel, inputs: InputCache, pairs: Pairs, label_noise: 
 
 # ---------------------------------------------------------------------------------------- training loop
 def train(model: RewardModel, inputs: InputCache, train_pairs: Pairs, val_pairs: Pairs, cfg: FitRewardConfig,
-          progress: bool = True) -> list[dict]:
+          progress: bool = True, tracker: Tracker | None = None) -> list[dict]:
     """Adam on the summed per-member BT loss (+ ``output_l2`` * mean r^2); each member sees its own
     shuffle of the training pairs.
 
     Early stopping on validation accuracy (loss breaks ties); the best weights are restored.
-    Returns the per-epoch history.
+    Returns the per-epoch history (also logged per epoch to ``tracker``).
     """
+    tracker = tracker or Tracker()
     if len(train_pairs) < 2:
         raise ValueError(f"only {len(train_pairs)} usable training pairs; label more pairs (ties are dropped "
                          "with --ties drop) or lower --val-fraction")
@@ -189,6 +191,9 @@ def train(model: RewardModel, inputs: InputCache, train_pairs: Pairs, val_pairs:
             else:
                 bad += 1
         history.append(row)
+        tags = {"train_loss": "loss/train", "val_loss": "loss/val", "val_accuracy": "val/accuracy",
+                "pairs_per_s": "perf/pairs_per_s"}
+        tracker.scalars({tags[k_]: v for k_, v in row.items() if k_ in tags} | {"lr": cfg.lr}, epoch)
         bar.set_postfix({k_: f"{v:.3f}" for k_, v in row.items() if k_ in ("train_loss", "val_accuracy")})
         if bad >= cfg.patience:
             break
@@ -234,22 +239,39 @@ def check_rendered(ds: TrajectoryDataset, frame_key: str, indices: np.ndarray) -
                            f"run `robot-pref render --dataset {ds.path}` first")
 
 
-def fit(ds: TrajectoryDataset, index_a, index_b, label, cfg: FitRewardConfig,
-        progress: bool = True) -> tuple[RewardModel, dict]:
-    """Split, train and evaluate a reward ensemble on labeled pairs of ``ds``. Returns (model, report)."""
+def usable_pairs_warning(counts: dict[str, int], min_pairs: int) -> str | None:
+    """A sentence when ties, abstentions and failed answers leave fewer than ``min_pairs`` pairs to fit on."""
+    usable = counts["train_pairs"] + counts["val_pairs"]
+    if usable >= min_pairs:
+        return None
+    lost = [f"{counts['labels'] - usable} of {counts['labels']} labels were ties or abstentions"]
+    if counts.get("failed"):
+        lost.append(f"{counts['failed']} more pairs got no label (failed, unparsable or skipped)")
+    return (f"only {usable} usable labelled pairs (fewer than min_pairs={min_pairs}): {'; '.join(lost)}; the "
+            "reward model is fit on too little to trust. Label more pairs, or lower the abstentions "
+            "(e.g. --ties soft, a less strict prompt)")
+
+
+def fit(ds: TrajectoryDataset, index_a, index_b, label, cfg: FitRewardConfig, progress: bool = True,
+        tracker: Tracker | None = None, failed: int = 0) -> tuple[RewardModel, dict]:
+    """Split, train and evaluate a reward ensemble on labeled pairs of ``ds``. Returns (model, report);
+    ``failed`` (pairs that got no label: failed, unparsable, skipped) only enters the warnings."""
     from robot_pref.reward.evaluation import evaluate
 
     check_rendered(ds, cfg.camera, np.concatenate([index_a, index_b]))
     pairs = make_pairs(index_a, index_b, label, cfg.ties)
+    label = np.asarray(label)
+    counts = {"labels": int(len(label)), "ties": int((label == -1).sum()), "failed": int(failed)}
     train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
     model = build_model(cfg, ds)
     inputs = InputCache(model, ds, cfg.camera, np.concatenate([pairs.a, pairs.b]), cfg.cache_mb)
-    history = train(model, inputs, train_pairs, val_pairs, cfg, progress)
-    label = np.asarray(label)
-    counts = {"labels": int(len(label)), "ties": int((label == -1).sum()), "train_pairs": len(train_pairs),
-              "val_pairs": len(val_pairs)}
+    counts.update(train_pairs=len(train_pairs), val_pairs=len(val_pairs))
+    warnings = [w for w in [usable_pairs_warning(counts, cfg.min_pairs)] if w]
+    for warning in warnings:  # before training: the training may fail on too few pairs
+        log.warning("%s", warning)
+    history = train(model, inputs, train_pairs, val_pairs, cfg, progress, tracker)
     model.spec.extra.update(counts=counts, config=asdict(cfg))
-    report = {"counts": counts, "epochs": len(history), "history": history,
+    report = {"counts": counts, "warnings": warnings, "epochs": len(history), "history": history,
               **evaluate(model, ds, cfg.camera, val_pairs, cfg.eval_frames)}
     return model.eval(), report
 
@@ -264,9 +286,17 @@ def fit_reward(cfg: FitRewardConfig) -> dict:
         raise ValueError(f"{out} already holds a reward model; pass --overwrite to replace it or choose another --out")
     ds = TrajectoryDataset.open(cfg.dataset)
     labels = load_labels(cfg.labels)
-    model, report = fit(ds, labels.index_a, labels.index_b, labels.label, cfg)
-    save_reward_model(model, out)
-    report["plot"] = plot_episodes(model, ds, cfg.camera, out / "eval.png")
+    run_file = Path(cfg.labels) / "label_run.json"  # the label run's counts: failed answers are not labels
+    label_counts = json.loads(run_file.read_text()).get("counts", {}) if run_file.is_file() else {}
+    with open_tracker(cfg.log, out, out.name, asdict(cfg)) as tracker:
+        model, report = fit(ds, labels.index_a, labels.index_b, labels.label, cfg, tracker=tracker,
+                            failed=sum(int(label_counts.get(k, 0)) for k in ("failed", "unparsable", "skipped")))
+        save_reward_model(model, out)
+        report["plot"] = plot_episodes(model, ds, cfg.camera, out / "eval.png")
+        tracker.scalars({f"eval/{k}": report[k] for k in ("val_accuracy", "val_true_order_accuracy", "spearman",
+                                                          "pearson", "spearman_within_episode")
+                         if isinstance(report.get(k), (int, float))}, report["epochs"])
+        tracker.image("eval/learned_vs_true_reward", out / "eval.png", report["epochs"])
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     print(format_report(report))
     print(f"saved {out / WEIGHTS_FILE}, {out / SPEC_FILE}, {out / 'eval.json'}, {out / 'eval.png'}")

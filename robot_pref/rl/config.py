@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from robot_pref.tracking import LogKind
+
 
 @dataclass
 class TrainConfig:
@@ -46,6 +48,9 @@ class TrainConfig:
     eval_every: int = field(default=0, metadata={"help": "evaluation rollouts every N steps (0 = off)"})
     eval_episodes: int = 10
     eval_workers: int = 1
+    log: LogKind = field(default="none", metadata={
+        "help": "training log: tensorboard (OUT/tensorboard) or wandb (WANDB_MODE=offline: OUT/wandb): losses, "
+                "value statistics, learning rates, and with --eval-every success and a rollout video per evaluation"})
     overwrite: bool = field(default=False, metadata={"help": "start afresh even if OUT/last.pt exists"})
 
 

@@ -2,7 +2,8 @@
 
 Outputs in ``cfg.out``: ``log.csv`` (losses every ``log_every`` steps), ``last.pt`` (every
 ``save_every`` steps and at the end; a rerun of the same command resumes from it), ``best.pt``
-(highest evaluation success when ``eval_every`` > 0) and ``train_info.json``.
+(highest evaluation success when ``eval_every`` > 0) and ``train_info.json``; with ``log`` the same
+numbers (and a rollout video per evaluation) go to TensorBoard or wandb (`robot_pref.tracking`).
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from robot_pref.rl.checkpoint import load_checkpoint, resolve_device, save_check
 from robot_pref.rl.config import TrainConfig
 from robot_pref.rl.iql import IQL
 from robot_pref.rl.learner import Learner, ObsModel
+from robot_pref.tracking import open_tracker
 
 log = logging.getLogger(__name__)
 
 
 # fields that may change between a run and its resumption without changing the result
 RESUMABLE_CHANGES = {"out", "log_every", "save_every", "eval_every", "eval_episodes", "eval_workers", "overwrite",
-                     "threads", "compile", "cuda_graph"}
+                     "threads", "compile", "cuda_graph", "log"}
 
 
 def _frame_size(ds: TrajectoryDataset, key: str) -> int:
@@ -155,12 +157,29 @@ class _CsvLog:
             w.writerow(row)
 
 
-def _evaluate(cfg: TrainConfig, ckpt: Path, step: int) -> dict[str, Any]:
+def _evaluate(cfg: TrainConfig, ckpt: Path, step: int, videos: int = 0) -> dict[str, Any]:
     from robot_pref.eval.rollout import EvalConfig, evaluate  # eval sits above rl; only this optional hook uses it
 
     return evaluate(EvalConfig(policy=str(ckpt), episodes=cfg.eval_episodes, workers=cfg.eval_workers,
-                               seed=10_000 + cfg.seed, videos=0, out=str(Path(cfg.out) / "eval" / f"step_{step}"),
-                               device="cpu"))
+                               seed=10_000 + cfg.seed, videos=videos,
+                               out=str(Path(cfg.out) / "eval" / f"step_{step}"), device="cpu"))
+
+
+def _tracked(row: dict[str, Any], logs: dict[str, torch.Tensor], learner: Learner) -> dict[str, float]:
+    """The logged step's tags for TensorBoard/wandb: losses, per-sample value statistics, learning rates."""
+    values = {"perf/updates_per_s": row["updates_per_s"]}
+    for key, v in logs.items():
+        if v.numel() == 1:
+            values[f"loss/{key.removesuffix('_loss')}"] = float(v)
+        else:  # per-sample (V, advantages): one host sync for all four
+            name = key.removesuffix("_mean")
+            stats = torch.stack([v.mean(), v.std(), v.min(), v.max()]).tolist()
+            values.update({f"value/{name}_{s}": x for s, x in zip(("mean", "std", "min", "max"), stats)})
+    groups = learner.optimizer.param_groups  # the actor's group is the last (IQL: critics first)
+    values["lr/actor"] = row["actor_lr"]
+    if len(groups) > 1:
+        values["lr/critic"] = float(groups[0]["lr"])
+    return values
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -198,6 +217,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log.info("resuming %s from step %d", out, step)
     csv_log = _CsvLog(out / "log.csv", step)
     update = make_update(cfg, learner, batches, device)
+    tracker = open_tracker(cfg.log, out, out.name, dataclasses.asdict(cfg), start_step=step)
 
     def save(path: Path) -> None:
         save_checkpoint(path, {"policy": spec, "config": dataclasses.asdict(cfg), "step": step,
@@ -220,14 +240,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                        "actor_lr": learner.lr()}
                 t_log, step_log = now, step
                 csv_log.write(row)
+                tracker.scalars(_tracked(row, logs, learner), step)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k.endswith("loss")})
             evaluate_now = cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.steps)
             if step % cfg.save_every == 0 or step == cfg.steps or evaluate_now:
                 save(last)
             if evaluate_now:
-                result = _evaluate(cfg, last, step)
+                result = _evaluate(cfg, last, step, videos=int(tracker.records_videos))
                 evals.append({"step": step, "success_rate": result["success_rate"], "ci": result["ci"],
                               "mean_return": result["mean_return"]})
+                tracker.scalars({"eval/success_rate": result["success_rate"], "eval/ci_low": result["ci"][0],
+                                 "eval/ci_high": result["ci"][1], "eval/mean_return": result["mean_return"]}, step)
+                for video in result.get("videos", [])[:1]:
+                    tracker.video("eval/rollout", video, step)
                 improved = best is None or result["success_rate"] > best["success_rate"]
                 best = evals[-1] if improved else best
                 save(last)  # with this evaluation recorded
@@ -241,6 +266,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     finally:
         bar.close()
         batches.close()
+        tracker.close()
     wall_s = wall + time.perf_counter() - t0
     info = {"algo": cfg.algo, "reward_key": cfg.reward_key, "dataset": cfg.dataset, "steps": step,
             "wall_s": round(wall_s, 2), "device": str(device), "transitions": batches.n_transitions,
