@@ -100,7 +100,7 @@ TASKS: dict[str, TaskSpec] = {
         name="cloth_fold", env_name="ClothFold",
         goal="to fold the cloth diagonally from the top left corner to the bottom right corner",
         object_keys=("cloth_corners", "cloth_center", "gripper_to_corner", "cloth_held"),
-        horizon=100, env_class="robot_pref.envs.cloth:ClothEnv",
+        horizon=120, env_class="robot_pref.envs.cloth:ClothEnv",
     ),
 }
 
