@@ -1,5 +1,5 @@
 """cloth_fold: layout, picker, state replay (online frames == frames re-rendered by Ray actors), tier
-ordering and the reward's ordering on constructed cloth shapes."""
+ordering, the reward's ordering on constructed cloth shapes, rollout through `sim:cloth_fold`."""
 
 import numpy as np
 import pytest
@@ -122,3 +122,28 @@ def test_collect_cli_then_ray_render_equals_online_frames(tmp_path, capsys, ray_
         assert np.float32(env.reward()) == ds.ground_truth("reward")[t]
         with pytest.raises(ValueError, match="expects"):
             env.set_state(states[t, :-1])
+
+
+def test_rollout_through_the_sim_backend_with_safety(cloth):
+    """`sim:cloth_fold` behind the safety layer: the scripted expert, sent as SI commands, folds the cloth."""
+    from robot_pref.envs.collectors import make_expert
+    from robot_pref.hardware.record import open_robot
+    from robot_pref.hardware.rollout import run_episode
+
+    expert = make_expert("cloth_fold")
+
+    class Expert:
+        observation_keys = ("obs",)
+        started = False
+
+        def act(self, batch):
+            obs = cloth.obs_dict(batch["obs"][0])
+            if not self.started:
+                expert.reset(obs)
+                self.started = True
+            return expert.act(obs)
+
+    with open_robot("sim:cloth_fold", seed=0) as robot:
+        assert robot.info.task == "cloth_fold" and robot.info.state_dim == cloth.state_dim
+        rec = run_episode(robot, Expert(), seed=3, max_steps=120)
+    assert rec.fault is None and rec.success and 30 < len(rec) < 100
