@@ -13,6 +13,7 @@ Policy observation (float32, fixed order, see ``TaskEnv.obs_keys``)::
     stack  cubeA_pos, cubeA_quat, cubeB_pos, cubeB_quat, gripper_to_cubeA,
            gripper_to_cubeB, cubeA_to_cubeB                                              -> 32 dims
     door   door_pos, handle_pos, door_to_eef_pos, handle_to_eef_pos, hinge_qpos, handle_qpos -> 23 dims
+    cloth_fold  cloth_corners (12), cloth_center, gripper_to_corner, cloth_held (1)       -> 28 dims
 
 Saved state (`get_state`, float64): MuJoCo's [time, qpos, qvel], plus the model pose of bodies that
 robosuite places at reset without a joint (the door), so a state alone rebuilds the scene.
