@@ -260,3 +260,30 @@ def test_v21_layout(tmp_path, expected):
         sl = ds.episode_slice(i)
         np.testing.assert_array_equal(ds.get("action", sl), expected[f"action/{e}"])
         np.testing.assert_array_equal(ds.get("frames/front_24x32", sl), expected[f"lerobot_decoded.front/{e}"])
+
+
+@pytest.mark.slow
+def test_lerobot_dataset_through_the_pipeline_and_back(tmp_path, one_torch_thread):
+    """LeRobot's files -> import -> label (teacher on the annotated next.reward) -> reward -> IQL/BC ->
+    offline evaluation in the report (no simulator) -> export with the learned reward -> import again."""
+    data = tmp_path / "real.zarr"
+    run(FIXTURE, data)
+    config = Path(__file__).parents[1] / "configs/real_lerobot.yaml"
+    assert main(["run", str(config), "--set", f"dataset={data}", "--set", f"run_dir={tmp_path / 'run'}",
+                 "--set", "render.height=24", "--set", "render.width=32", "--set", "label.labeler=teacher",
+                 "--set", "label.pairs=100", "--set", "fit_reward.model=resnet18", "--set", "fit_reward.epochs=1",
+                 "--set", "fit_reward.ensemble=1", "--set", "train.steps=10", "--set", "train.batch_size=8",
+                 "--set", "parallel=false"]) == 0
+    report = json.loads((tmp_path / "run/report.json").read_text())
+    for policy in ("iql-learned", "bc"):
+        info = report["policies"][policy]
+        assert info["offline"] and info["episodes"] == 3 and 0 < info["action_mse"] < 4  # actions lie in [-1, 1]
+    assert report["labels"]["quality"]["pairs"] == 100  # the teacher answered from the annotated next.reward
+    ds = TrajectoryDataset.open(data)
+    assert main(["export-lerobot", "--dataset", str(data), "--out", str(tmp_path / "back"), "--reward-key",
+                 "learned"]) == 0
+    back = TrajectoryDataset.open(run(tmp_path / "back", tmp_path / "back.zarr")["path"])
+    learned = ds.get("rewards/learned")
+    for e in range(3):
+        sl = ds.episode_slice(e)
+        np.testing.assert_allclose(back.ground_truth("reward")[sl][1:], learned[sl][1:], rtol=1e-6)

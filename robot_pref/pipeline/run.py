@@ -151,6 +151,9 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     stages.append(Stage("label_report", report_cfg, lambda c: _if_ground_truth(cfg, lambda: label_report(c)),
                         ("label",), cpus=0.0))
     remote = cfg.parallel or cfg.gpus > 0
+    from robot_pref.eval.offline import OfflineEvalConfig, evaluate_offline, has_simulator
+
+    simulated = has_simulator(cfg.dataset)  # an imported real-robot dataset is evaluated offline
     stages.append(Stage("fit_reward", cfg.fit_reward, fit_reward, ("label",), remote=remote))
     stages.append(Stage("relabel", cfg.relabel, relabel, ("fit_reward",)))
     for policy in cfg.policies:
@@ -164,8 +167,13 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         reads = ("relabel",) if reward_key == LEARNED_REWARD_KEY else source
         stages.append(Stage(f"train_{policy}", train_cfg, train, reads, cpus=max(cfg.train.threads, 1),
                             remote=remote, progress=lambda c=train_cfg: _train_progress(c)))
-        stages.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",),
-                            cpus=resolve_workers(cfg.eval.workers)))
+        if simulated:
+            stages.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",),
+                                cpus=resolve_workers(cfg.eval.workers)))
+        else:
+            stages.append(Stage(f"eval_{policy}", OfflineEvalConfig(policy=eval_cfg.policy, dataset=cfg.dataset,
+                                                                    out=eval_cfg.out),
+                                evaluate_offline, (f"train_{policy}",), cpus=1.0))
     return stages
 
 
