@@ -2,7 +2,8 @@
 
 A dataset with no simulated task (a LeRobot import, a real-arm recording) cannot roll a policy out,
 so its policies are scored on the data: the action error of the policy against the recorded actions
-(per episode and overall), written as ``eval_info.json`` with ``offline: true`` so the report says so.
+(per episode and overall, on the episodes it trained on: training holds none out), written as
+``eval_info.json`` with ``offline: true`` so the report says so.
 The learned reward's agreement with annotated reward/success is in the reward model's own evaluation.
 Testing on the arm stays `robot-pref rollout --robot remote:...|ur:...|franka:...`.
 """
@@ -16,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-OFFLINE_NOTE = ("no simulator for this dataset: policies are scored offline against the recorded actions; "
-                "test on the arm with `robot-pref rollout --robot remote:HOST:PORT|ur:...|franka:...`")
+OFFLINE_NOTE = ("no simulator for this dataset: policies are scored offline against the recorded actions of "
+                "every episode (the training data: no episodes are held out), not by task success; test on the "
+                "arm with `robot-pref rollout --robot remote:HOST:PORT|ur:...|franka:...`")
 
 
 @dataclass
