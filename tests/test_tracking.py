@@ -175,3 +175,15 @@ def test_fit_reward_logs_epochs_and_warns_when_few_usable_pairs_remain(tmp_path,
 def test_unknown_logger_names_the_choices(tmp_path):
     with pytest.raises(ValueError, match="none, tensorboard, wandb"):
         open_tracker("mlflow", tmp_path, "x", {})
+
+
+def test_run_config_log_reaches_both_trainers_without_changing_their_fingerprints():
+    from robot_pref.config import from_dict
+    from robot_pref.pipeline.run import RunConfig, _fingerprint
+
+    plain, logged = RunConfig().resolved(), from_dict(RunConfig, {"log": "wandb"}).resolved()
+    assert (logged.train.log, logged.fit_reward.log, plain.train.log) == ("wandb", "wandb", "none")
+    assert _fingerprint(logged.train) == _fingerprint(plain.train)  # switching logs on reruns nothing
+    assert _fingerprint(logged.fit_reward) == _fingerprint(plain.fit_reward)
+    sections = from_dict(RunConfig, {"train": {"log": "tensorboard"}}).resolved()
+    assert (sections.train.log, sections.fit_reward.log) == ("tensorboard", "none")

@@ -36,6 +36,7 @@ from robot_pref.render.render import RenderConfig
 from robot_pref.reward.config import FitRewardConfig, RelabelConfig
 from robot_pref.resources import resolve_workers
 from robot_pref.rl.config import TrainConfig
+from robot_pref.tracking import LogKind
 
 LEARNED_REWARD_KEY = "learned"
 
@@ -60,7 +61,11 @@ class RunConfig:
         "help": "run independent stages at once within the cluster's CPUs (trainings as Ray tasks); "
                 "false = one stage after another in this process"})
     checkpoint: Literal["last", "best"] = field(default="last", metadata={
-        "help": "policy checkpoint to evaluate: last, or best by the training-time evaluations (needs train.eval_every)"})
+        "help": "policy checkpoint to evaluate: last, or best by the training-time evaluations (needs train.eval_every; "
+                "oracle model selection by simulator success, flagged in the report)"})
+    log: LogKind = field(default="none", metadata={
+        "help": "training logs of fit_reward and every train stage (tensorboard or wandb, in each stage's folder); "
+                "none keeps the sections' own fit_reward.log / train.log"})
     collect: CollectConfig = field(default_factory=CollectConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
@@ -84,10 +89,11 @@ class RunConfig:
             collect=r(self.collect, out=dataset, address=self.address),
             render=r(self.render, dataset=dataset, address=self.address),
             label=r(self.label, dataset=dataset, camera=frame_key, out=labels, address=self.address),
-            fit_reward=r(self.fit_reward, dataset=dataset, labels=labels, camera=frame_key, out=reward_dir),
+            fit_reward=r(self.fit_reward, dataset=dataset, labels=labels, camera=frame_key, out=reward_dir,
+                         log=self.fit_reward.log if self.log == "none" else self.log),
             relabel=r(self.relabel, dataset=dataset, reward_model=reward_dir, key=LEARNED_REWARD_KEY,
                       camera=frame_key, address=self.address or ""),
-            train=r(self.train, dataset=dataset),
+            train=r(self.train, dataset=dataset, log=self.train.log if self.log == "none" else self.log),
             eval=r(self.eval, task=self.collect.task, address=self.address),
         )
 
@@ -117,6 +123,8 @@ class Stage:
 
 def _fingerprint(config: Any) -> str:
     data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k != "log"}  # where training logs go changes no result
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
