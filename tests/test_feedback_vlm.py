@@ -273,3 +273,37 @@ def test_endpoint_is_part_of_the_cache_key(ds, tmp_path, ray_session):
                                             vlm=VLMConfig(base_url=srv.url + "/", model="same-name")))["counts"])
         assert len(one.requests) == len(two.requests) == 12  # the second server was asked everything
     assert [c["cached"] for c in counts] == [0, 0, 6]
+
+
+def test_vlm_accuracy_against_the_mock_error_model_matches_the_model(tmp_path, ray_session):
+    """The whole vlm path (sampler, PNG encoding, HTTP, parsing, store, export) measured against
+    hidden truth: accuracy and abstention by gap bin match the server's error model."""
+    from robot_pref.feedback.mock_server import TruthTable
+    from robot_pref.feedback.teacher import VLMErrorModel
+
+    big = make_square_dataset(tmp_path / "big.zarr", episodes=16, length=40, size=96)  # 93 distinct squares
+    model = VLMErrorModel(position_bias=0.7)
+    n = 1200
+    with MockVLM(truth=TruthTable(big, "agentview_96"), errors=model) as srv:
+        summary = label(LabelConfig(dataset=big.path, camera="agentview", labeler="vlm", pairs=n,
+                                    out=str(tmp_path / "labels"), progress=False,
+                                    vlm=VLMConfig(base_url=srv.url, model="mock", concurrency=16, timeout_s=10,
+                                                  max_retries=1)))
+    c = summary["counts"]  # pairs of equal-looking frames met again in a later chunk are served from the store
+    assert c["answered"] + c["cached"] == n and c["failed"] == c["unparsable"] == 0, c
+    labels = load_labels(tmp_path / "labels")
+    r = big.ground_truth("reward").astype(np.float64)
+    gap = np.abs(r[labels.index_b] - r[labels.index_a]) / np.ptp(r)
+    right = (r[labels.index_b] > r[labels.index_a]).astype(int)
+    edges = np.quantile(gap, [0, 1 / 3, 2 / 3, 1])
+    accs = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (gap >= lo) & (gap <= hi)
+        abst = model.p_abstain(gap[sel]).mean()
+        assert abs(np.mean(labels.label[sel] == -1) - abst) < 4 * np.sqrt(abst * (1 - abst) / sel.sum()) + 0.01
+        ans = sel & (labels.label != -1)
+        u = model.p_unsure(gap[ans])
+        expect = ((1 - u) + u * np.where(right[ans] == 0, 0.7, 0.3)).mean()  # sure: right; unsure: "Image 1" w.p. 0.7
+        accs.append(np.mean(labels.label[ans] == right[ans]))
+        assert abs(accs[-1] - expect) < 4 * np.sqrt(expect * (1 - expect) / ans.sum()) + 0.01, (accs[-1], expect)
+    assert accs[0] < accs[-1] - 0.2  # a realistic VLM: errors concentrate on near-ties

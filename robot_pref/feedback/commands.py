@@ -9,6 +9,6 @@ def register(sub) -> None:
     from robot_pref.config import add_command
 
     add_command(sub, "label", LabelConfig, "robot_pref.feedback.run:label",
-                help="Ask a labeler (vlm, clip, teacher, replay) which of two frames better achieves the goal")
+                help="Ask a labeler (vlm, progress, clip, teacher, replay) which of two frames better achieves the goal")
     add_command(sub, "label-report", LabelReportConfig, "robot_pref.feedback.report:label_report",
                 help="Label accuracy vs the true reward, abstention, confusion, cost/latency (JSON + PNG)")

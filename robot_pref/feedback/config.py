@@ -12,14 +12,14 @@ from typing import Literal
 
 
 @dataclass
-class VLMConfig:
+class EndpointConfig:
+    """An OpenAI-compatible chat endpoint and how frames are sent to it (vlm and progress labelers)."""
+
     model: str = field(default="gpt-4o-mini", metadata={"help": "model name the endpoint serves"})
     base_url: str = field(default="https://api.openai.com/v1",
                           metadata={"help": "OpenAI-compatible endpoint (vLLM, SGLang, Ollama, Gemini ...)"})
     api_key_env: str = field(default="OPENAI_API_KEY",
                              metadata={"help": "name of the environment variable holding the API key"})
-    prompt: Literal["two-stage", "single-stage"] = field(
-        default="two-stage", metadata={"help": "RL-VLM-F analysis + labeling calls, or one call"})
     temperature: float = 0.0
     max_tokens: int = 512
     image_format: Literal["png", "jpeg"] = "png"
@@ -33,6 +33,21 @@ class VLMConfig:
     max_backoff_s: float = 60.0
     price_input_per_mtok: float = field(default=0.0, metadata={"help": "USD per million prompt tokens (cost estimate)"})
     price_output_per_mtok: float = field(default=0.0, metadata={"help": "USD per million completion tokens"})
+
+
+@dataclass
+class VLMConfig(EndpointConfig):
+    prompt: Literal["two-stage", "single-stage"] = field(
+        default="two-stage", metadata={"help": "RL-VLM-F analysis + labeling calls, or one call"})
+
+
+@dataclass
+class ProgressConfig(EndpointConfig):
+    """GVL-style progress queries: K shuffled frames of one episode per request (``--labeler progress``)."""
+
+    frames: int = field(default=8, metadata={"help": "frames K per request: K(K-1)/2 pairs per answer"})
+    max_tokens: int = field(default=1024, metadata={"help": "reply limit (K lines plus any reasoning)"})
+    max_images: int = field(default=0, metadata={"help": "most images sent this run (0 = no limit); rerun to continue"})
 
 
 @dataclass
@@ -79,19 +94,23 @@ class ReplayConfig:
 class LabelConfig:
     dataset: str = field(default="", metadata={"help": "zarr dataset with rendered frames"})
     camera: str = field(default="agentview_84", metadata={"help": "frame key (agentview_84) or camera name"})
-    labeler: str = field(default="teacher", metadata={"help": "vlm | clip | teacher | replay (or a registered type)"})
-    pairs: int = field(default=1000, metadata={"help": "number of pairs to label (replay: 0 = all recorded)"})
+    labeler: str = field(default="teacher",
+                         metadata={"help": "vlm | progress | clip | teacher | replay (or a registered type)"})
+    pairs: int = field(default=1000, metadata={"help": "number of pairs to label (replay: 0 = all recorded; "
+                                                      "progress: rounded up to whole requests)"})
     out: str = field(default="", metadata={"help": "labels directory (beside the dataset, never inside)"})
     sampler: str = field(default="uniform", metadata={"help": "uniform | same-time | disagreement"})
     seed: int = 0
     goal: str = field(default="", metadata={"help": "goal text (default: the dataset's episode goal)"})
-    budget: int = field(default=0, metadata={"help": "most new queries this run (0 = no limit); rerun to continue"})
+    budget: int = field(default=0, metadata={"help": "most new queries (progress: requests) this run (0 = no limit); "
+                                                      "rerun to continue"})
     workers: int = field(default=1, metadata={"help": "labeler actors (vlm, clip)"})
     address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: RAY_ADDRESS or local)"})
     reward_model: str = field(default="", metadata={"help": "reward checkpoint for --sampler disagreement"})
     pool_size: int = field(default=0, metadata={"help": "candidate pool for --sampler disagreement (0 = its default)"})
     progress: bool = True
     vlm: VLMConfig = field(default_factory=VLMConfig)
+    gvl: ProgressConfig = field(default_factory=ProgressConfig)  # --labeler progress (`progress` is the bar)
     clip: ClipConfig = field(default_factory=ClipConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)

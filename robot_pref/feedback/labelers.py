@@ -22,6 +22,7 @@ from robot_pref.feedback.store import Answer
 
 LABELERS: dict[str, type | str] = {
     "vlm": "robot_pref.feedback.vlm:VLMLabeler",
+    "progress": "robot_pref.feedback.progress:ProgressLabeler",
     "clip": "robot_pref.feedback.clip:ClipLabeler",
     "teacher": "robot_pref.feedback.teacher:TeacherLabeler",
     "replay": "robot_pref.feedback.replay:ReplayLabeler",
@@ -69,7 +70,11 @@ class Labeler:
     type: ClassVar[str] = ""
     uses_frames: ClassVar[bool] = True  # False: the answer depends on frame indices (ground truth)
     remote: ClassVar[bool] = False  # True: runs inside Ray actors (`actor_options`)
+    section: ClassVar[str] = ""  # LabelConfig section of its settings ('' = the type name)
     chunk_size: int = 256  # queries per call
+    # labelers whose one request answers many pairs (progress) drive their own loop instead of
+    # `label`: run(cfg, dataset, frame_key, store, counts, results, bar); None = the pair loop
+    run = None
 
     def __init__(self, cfg: Any, goal: str, dataset=None):
         self.cfg, self.goal = cfg, goal

@@ -3,7 +3,13 @@
 For tests, benchmarks and dry runs of the VLM labeler without a model: it speaks the real
 protocol over HTTP on 127.0.0.1, decodes the images it is sent, writes an RL-VLM-F style
 analysis ("the red square covers about 12.3% of the view ...") and answers the labeling call
-from that analysis, so two-stage queries really depend on the first stage. Faults are injected
+from that analysis, so two-stage queries really depend on the first stage.
+
+With ``truth`` (image -> true progress in [0, 1], e.g. `TruthTable` of a simulated dataset,
+hidden from the client) and ``errors`` (the vlm-like teacher's `VLMErrorModel`), it answers like
+a realistic VLM of known accuracy: the `vlm` labeler's whole code path is then measured against
+ground truth. Per-request draws come from the request's images, so a repeated question gets the
+same answer (like temperature 0). Faults are injected
 per request by a callable (429 with Retry-After, 500, slow answers, garbage text, empty replies,
 replies cut off at max_tokens, dropped connections), and every request is recorded.
 
@@ -27,6 +33,8 @@ from typing import Callable
 
 import numpy as np
 
+from robot_pref.feedback.teacher import VLMErrorModel, key_uniforms
+
 GARBAGE = "I am not able to compare these pictures, but here is a poem about robots instead."
 
 
@@ -38,21 +46,56 @@ def red_fraction(frame: np.ndarray) -> float:
 @dataclass
 class Request:
     t: float  # arrival time (time.monotonic)
-    kind: str  # "analysis" | "label" | "single"
+    kind: str  # "analysis" | "label" | "single" | "progress"
     query: str  # hash of what identifies the question (the images, or the pasted analysis)
     attempt: int  # how many times this exact request arrived before
     fault: str | None
     authorization: str
 
 
+def frame_digest(frame: np.ndarray) -> str:
+    frame = np.ascontiguousarray(frame, dtype=np.uint8)
+    return hashlib.sha256(repr(frame.shape).encode() + frame.tobytes()).hexdigest()
+
+
+class TruthTable:
+    """Hidden ground truth of a simulated dataset: a frame's pixels -> its true reward normalised to
+    [0, 1] by the dataset's reward range (frames that look alike share their mean reward)."""
+
+    def __init__(self, dataset, frame_key: str):
+        if not dataset.has_ground_truth("reward"):
+            raise ValueError(f"{dataset.path} has no ground-truth reward to answer from; use a simulated dataset")
+        reward = dataset.ground_truth("reward").astype(np.float64)
+        reward = (reward - reward.min()) / (np.ptp(reward) or 1.0)
+        sums: dict[str, list[float]] = {}
+        for s in range(0, dataset.n_frames, 1024):
+            idx = np.arange(s, min(s + 1024, dataset.n_frames))
+            for i, f in zip(idx, dataset.get(f"frames/{frame_key}", idx)):
+                sums.setdefault(frame_digest(f), []).append(reward[i])
+        self.progress = {k: float(np.mean(v)) for k, v in sums.items()}
+
+    def __call__(self, frame: np.ndarray) -> float:
+        try:
+            return self.progress[frame_digest(frame)]
+        except KeyError:
+            raise KeyError("the mock VLM was sent a frame that is not in its dataset (resized or JPEG frames "
+                           "change the pixels: use --vlm.image-format png and --vlm.image-size 0)") from None
+
+
 class MockVLM:
     """``faults(request) -> None | "429" | "500" | "slow" | "garbage" | "empty" | "truncated" | "drop"``
-    picks a fault per request ("truncated": the first half of the reply, finish_reason "length")."""
+    picks a fault per request ("truncated": the first half of the reply, finish_reason "length").
+    ``truth`` + ``errors``: answer from hidden true progress through the VLM error model."""
 
     def __init__(self, latency: float = 0.0, faults: Callable[[Request], str | None] | None = None,
-                 retry_after: str = "1", slow_s: float = 5.0, api_key: str | None = None, tie_margin: float = 0.002):
+                 retry_after: str = "1", slow_s: float = 5.0, api_key: str | None = None, tie_margin: float = 0.002,
+                 truth: Callable[[np.ndarray], float] | None = None, errors: VLMErrorModel | None = None,
+                 seed: int = 0, progress_noise: float = 0.0):
+        if errors is not None and truth is None:
+            raise ValueError("an error model needs the true progress of each image: pass truth=TruthTable(ds, key)")
         self.latency, self.faults, self.retry_after, self.slow_s = latency, faults, retry_after, slow_s
         self.api_key, self.tie_margin = api_key, tie_margin
+        self.truth, self.errors, self.seed, self.progress_noise = truth, errors, seed, progress_noise
         self.requests: list[Request] = []  # authorised requests, in arrival order
         self.rejected = 0  # requests refused for a wrong API key
         self._seen: dict[str, int] = {}
@@ -96,19 +139,38 @@ class MockVLM:
             self.httpd.server_close()
 
     # ------------------------------------------------------------------ the model
+    def draws(self, frames: list[np.ndarray], n: int) -> tuple[float, ...]:
+        """``n`` U[0, 1) numbers fixed by the seed and the images (the same question, the same answer)."""
+        key = hashlib.sha256(f"{self.seed}:".encode() + "".join(frame_digest(f) for f in frames).encode()).hexdigest()
+        return tuple(float(u[0]) for u in key_uniforms([key], n))
+
     def judge(self, frames: list[np.ndarray]) -> tuple[str, str]:
         """Analysis text and the single-line answer for two frames."""
-        p1, p2 = red_fraction(frames[0]), red_fraction(frames[1])
-        if abs(p1 - p2) <= self.tie_margin:
-            verdict, answer = "There is no visible difference between the two images in terms of the goal.", "-1"
-        elif p2 > p1:
-            verdict, answer = "Image 2 is closer to achieving the goal: its red square is larger.", "1"
+        if self.truth is None:
+            p1, p2 = red_fraction(frames[0]), red_fraction(frames[1])
+            answer = "-1" if abs(p1 - p2) <= self.tie_margin else "1" if p2 > p1 else "0"
+            shown = [f"a plain scene with a red square covering about {100 * p:.1f}% of the view" for p in (p1, p2)]
         else:
-            verdict, answer = "Image 1 is closer to achieving the goal: its red square is larger.", "0"
-        analysis = (f"1. Image 1 shows a plain scene with a red square covering about {100 * p1:.1f}% of the view.\n"
-                    f"2. Image 2 shows the same scene with a red square covering about {100 * p2:.1f}% of the view.\n"
-                    f"3. {verdict}")
+            p1, p2 = self.truth(frames[0]), self.truth(frames[1])
+            if self.errors is None:
+                answer = "-1" if p1 == p2 else "1" if p2 > p1 else "0"
+            else:
+                answer = str(int(self.errors.answer([p1], [p2], *([u] for u in self.draws(frames, 3)))[0]))
+            shown = [f"the task about {100 * p:.1f}% complete" for p in (p1, p2)]
+        verdict = {"-1": "There is no visible difference between the two images in terms of the goal.",
+                   "1": "Image 2 is closer to achieving the goal.", "0": "Image 1 is closer to achieving the goal."}
+        analysis = f"1. Image 1 shows {shown[0]}.\n2. Image 2 shows {shown[1]}.\n3. {verdict[answer]}"
         return analysis, answer
+
+    def progress(self, frames: list[np.ndarray]) -> str:
+        """A progress (GVL) reply: 'Frame j: p%' per frame, true progress plus N(0, progress_noise) percent
+        (without ``truth``: the red share of the view), clipped to 0..100."""
+        p = np.asarray([self.truth(f) if self.truth else red_fraction(f) for f in frames]) * 100.0
+        if self.progress_noise:
+            seed = int(hashlib.sha256(f"{self.seed}:".encode() + "".join(frame_digest(f) for f in frames).encode())
+                       .hexdigest()[:16], 16)
+            p = np.clip(p + np.random.default_rng(seed).normal(0.0, self.progress_noise, len(p)), 0.0, 100.0)
+        return "\n".join(f"Frame {j + 1}: {v:.1f}%" for j, v in enumerate(p))
 
     @staticmethod
     def answer_from_analysis(text: str) -> str:
@@ -133,7 +195,8 @@ class MockVLM:
         images = [p["image_url"]["url"] for p in parts if p.get("type") == "image_url"]
         text = "\n".join(p["text"] for p in parts if p.get("type") == "text")
         if images:
-            kind = "single" if "Reply a single line" in text else "analysis"
+            kind = ("progress" if "task completion percentage" in text else
+                    "single" if "Reply a single line" in text else "analysis")
             query = hashlib.sha256("".join(images).encode()).hexdigest()
         else:
             kind = "label"
@@ -152,6 +215,8 @@ class MockVLM:
             reply = ""
         elif kind == "label":
             reply = self.answer_from_analysis(text)
+        elif kind == "progress":
+            reply = self.progress([decode(u) for u in images])
         else:
             analysis, answer = self.judge([decode(u) for u in images])
             reply = answer if kind == "single" else analysis

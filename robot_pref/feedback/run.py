@@ -3,6 +3,8 @@
 The driver reads frames, hashes each query and serves what the store already holds; the rest
 goes to the labeler: in-process for cheap labelers (teacher, replay), or to Ray actors for vlm
 (async client actors, many requests each) and clip (batched scoring, GPU share when present).
+A labeler whose one request answers many pairs (progress) runs its own loop (`Labeler.run`)
+over the same store, counts and export.
 Answers are committed as they arrive, so an interrupted run resumes where it stopped. A stored
 unparsable reply is asked again until it has been tried `MAX_TRIES` times; only labels are exported.
 """
@@ -131,31 +133,17 @@ def run_remote(actors, batches: Iterator[list[Query]], in_flight: int) -> Iterat
                 yield [q.answer(-1, FAILED, raw=str(err)[:2000]) for q in batch]
 
 
-def label(cfg: LabelConfig) -> dict:
-    """Label ``cfg.pairs`` pairs of ``cfg.dataset`` into ``cfg.out``; returns the run's counts."""
-    from tqdm.auto import tqdm
-
-    t0 = time.perf_counter()
-    ds = TrajectoryDataset.open(cfg.dataset)
-    frame_key = resolve_frame_key(ds, cfg.camera)
-    goal = resolve_goal(ds, cfg.goal)
-    out = resolve_out(cfg)
-    cls = labeler_class(cfg.labeler)
-    section = getattr(cfg, cfg.labeler, None)
-    kwargs = cls.actor_kwargs(section, max(1, cfg.workers))
-    labeler = cls(section, goal, dataset=ds, **kwargs)
+def label_pairs(cfg: LabelConfig, ds: TrajectoryDataset, frame_key: str, labeler: Labeler, section, goal: str,
+                kwargs: dict, store: LabelStore, counts: collections.Counter, results: list, bar) -> None:
+    """The pair loop: sample pairs, serve cached answers, ask the rest (in-process or Ray actors)."""
+    cls = type(labeler)
     index_a, index_b = sample_pairs(cfg, ds, frame_key, labeler)
     n = len(index_a)
-    out.mkdir(parents=True, exist_ok=True)
-    store = LabelStore(out / STORE_NAME)
-    settings = {"type": cls.type, "goal": goal, "frame_key": frame_key, **labeler.settings()}
-    run_id = store.start_run({"config": dataclasses.asdict(cfg), "settings": settings})
-    results: list[Answer | None] = [None] * n
+    results.extend([None] * n)
+    counts["pairs"] = n
+    bar.reset(total=n)
     positions: dict[str, list[int]] = {}  # query key -> pair positions (equal content asks once)
     earlier: dict[str, Answer] = {}  # query key -> its stored unparsable reply, asked again now
-    counts = collections.Counter({k: 0 for k in ("answered", "cached", "abstained", "failed", "skipped",
-                                                 "unparsable", "given_up")})
-    bar = tqdm(total=n, desc=f"label[{cls.type}]", unit="pair", disable=not cfg.progress)
 
     def record(pos: int, ans: Answer, cached: bool) -> None:
         results[pos] = dataclasses.replace(ans, index_a=int(index_a[pos]), index_b=int(index_b[pos]))
@@ -225,14 +213,44 @@ def label(cfg: LabelConfig) -> dict:
                     record(pos, ans, cached=False)
             bar.set_postfix(counts, refresh=False)
     finally:
-        bar.close()
         for actor in actors:  # free their CPUs / GPU shares for the next stage now
             import ray
 
             ray.kill(actor)
+
+
+def label(cfg: LabelConfig) -> dict:
+    """Label ``cfg.pairs`` pairs of ``cfg.dataset`` into ``cfg.out``; returns the run's counts."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    ds = TrajectoryDataset.open(cfg.dataset)
+    frame_key = resolve_frame_key(ds, cfg.camera)
+    goal = resolve_goal(ds, cfg.goal)
+    out = resolve_out(cfg)
+    cls = labeler_class(cfg.labeler)
+    section = getattr(cfg, cls.section or cfg.labeler, None)
+    kwargs = cls.actor_kwargs(section, max(1, cfg.workers))
+    labeler = cls(section, goal, dataset=ds, **kwargs)
+    out.mkdir(parents=True, exist_ok=True)
+    store = LabelStore(out / STORE_NAME)
+    settings = {"type": cls.type, "goal": goal, "frame_key": frame_key, **labeler.settings()}
+    run_id = store.start_run({"config": dataclasses.asdict(cfg), "settings": settings})
+    results: list[Answer | None] = []  # one per pair of this run (None: not asked)
+    counts = collections.Counter({k: 0 for k in ("answered", "cached", "abstained", "failed", "skipped",
+                                                 "unparsable", "given_up")})
+    unit = "request" if labeler.run is not None else "pair"
+    bar = tqdm(total=0, desc=f"label[{cls.type}]", unit=unit, disable=not cfg.progress)
+    try:
+        if labeler.run is not None:  # one request answers many pairs (progress): the labeler's own loop
+            labeler.run(cfg, ds, frame_key, store, counts, results, bar)
+        else:
+            label_pairs(cfg, ds, frame_key, labeler, section, goal, kwargs, store, counts, results, bar)
+    finally:
+        bar.close()
         done = [a for a in results if a is not None and a.status in LABEL_STATUSES]
         answers_to_label_set(done).save(out)
-        counts.update({"pairs": n, "labels": len(done), "not_asked": sum(a is None for a in results)})
+        counts.update({"labels": len(done), "not_asked": counts["pairs"] - sum(a is not None for a in results)})
         summary = {"dataset": str(cfg.dataset), "dataset_identity": ds.identity, "out": str(out),
                    "labeler": cls.type, "frame_key": frame_key,
                    "goal": goal, "settings": settings, "counts": dict(counts),
@@ -240,9 +258,10 @@ def label(cfg: LabelConfig) -> dict:
         (out / "label_run.json").write_text(json.dumps(summary, indent=2, default=str))
         store.finish_run(run_id, dict(counts))
         store.close()
-    if counts["not_asked"] and cfg.budget:
-        log.warning("query budget %d reached: %d pairs not asked; rerun to continue (answers are cached)",
-                    cfg.budget, counts["not_asked"])
+    if counts["not_asked"] and (cfg.budget or getattr(section, "max_images", 0)):
+        log.warning("budget reached (--budget %d%s): %d pairs not asked; rerun to continue (answers are cached)",
+                    cfg.budget, f", --gvl.max-images {section.max_images}" if getattr(section, "max_images", 0) else "",
+                    counts["not_asked"])
     if counts["failed"]:
         log.warning("%d queries failed after retries; rerun to ask them again", counts["failed"])
     if counts["unparsable"] > counts["given_up"]:

@@ -198,12 +198,17 @@ META_COLUMNS = {  # exported per-pair metadata: name -> (dtype, missing value)
     "latency_s": (np.float32, np.nan), "attempts": (np.int16, 0), "prompt_tokens": (np.int32, 0),
     "completion_tokens": (np.int32, 0), "cost_usd": (np.float64, 0.0),
 }
+OPTIONAL_COLUMNS = {  # exported only when some answer has them (progress labeler: predicted progress, request)
+    "progress_a": (np.float32, np.nan), "progress_b": (np.float32, np.nan), "gap": (np.float32, np.nan),
+    "request": ("U64", ""),
+}
 
 
 def answers_to_label_set(answers: list[Answer]) -> LabelSet:
     extra = {"key": np.asarray([a.key for a in answers], dtype="U64"),
              "status": np.asarray([a.status for a in answers], dtype="U16")}
-    for name, (dtype, missing) in META_COLUMNS.items():
+    optional = {k: v for k, v in OPTIONAL_COLUMNS.items() if any(k in a.meta for a in answers)}
+    for name, (dtype, missing) in {**META_COLUMNS, **optional}.items():
         extra[name] = np.asarray([a.meta.get(name, missing) for a in answers], dtype=dtype)
     return LabelSet([a.index_a for a in answers], [a.index_b for a in answers],
                     [a.label for a in answers], extra)

@@ -86,11 +86,12 @@ class VLMErrorModel:
     def answer(self, progress_a, progress_b, u_abstain, u_unsure, u_guess) -> np.ndarray:
         """0 (Image 1) / 1 (Image 2) / -1 (abstain) from true progress and three U[0, 1) draws per pair."""
         pa, pb = np.asarray(progress_a, dtype=np.float64), np.asarray(progress_b, dtype=np.float64)
+        u_abstain, u_unsure, u_guess = (np.asarray(u, dtype=np.float64) for u in (u_abstain, u_unsure, u_guess))
         gap = pb - pa
         right = (gap > 0).astype(np.int8)
         guess = (u_guess >= self.position_bias).astype(np.int8)  # 0 = "Image 1" with probability position_bias
-        label = np.where(np.asarray(u_unsure) < self.p_unsure(gap), guess, right).astype(np.int8)
-        label[np.asarray(u_abstain) < self.p_abstain(gap)] = -1
+        label = np.where(u_unsure < self.p_unsure(gap), guess, right).astype(np.int8)
+        label[u_abstain < self.p_abstain(gap)] = -1
         return label
 
     def settings(self) -> dict:

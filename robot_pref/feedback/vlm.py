@@ -27,7 +27,7 @@ import urllib.parse
 
 import numpy as np
 
-from robot_pref.feedback.config import VLMConfig
+from robot_pref.feedback.config import EndpointConfig, VLMConfig
 from robot_pref.feedback.labelers import Labeler, Query, Secret
 from robot_pref.feedback.store import ABSTAINED, FAILED, LABELED, UNPARSABLE, Answer
 
@@ -48,7 +48,7 @@ class RequestFailed(Exception):
     pass
 
 
-def read_api_key(cfg: VLMConfig) -> Secret:
+def read_api_key(cfg: EndpointConfig) -> Secret:
     value = os.environ.get(cfg.api_key_env, "")
     if not value:
         log.warning("environment variable %s is not set: sending no API key (fine for local servers; "
@@ -56,7 +56,7 @@ def read_api_key(cfg: VLMConfig) -> Secret:
     return Secret(value or "EMPTY")
 
 
-def encode_image(frame: np.ndarray, cfg: VLMConfig) -> str:
+def encode_image(frame: np.ndarray, cfg: EndpointConfig) -> str:
     """A data URL of the frame (PNG or JPEG, optionally resized so its longer side is image_size)."""
     from PIL import Image
 
@@ -110,6 +110,13 @@ def endpoint_identity(base_url: str) -> str:
                                     urllib.parse.urlencode(sorted(query)), ""))
 
 
+def endpoint_settings(c: EndpointConfig) -> dict:
+    """What of the endpoint and image encoding changes an answer (cache key; never the key)."""
+    return {"endpoint": endpoint_identity(c.base_url), "model": c.model, "temperature": c.temperature,
+            "max_tokens": c.max_tokens, "image_format": c.image_format, "image_size": c.image_size,
+            **({"jpeg_quality": c.jpeg_quality} if c.image_format == "jpeg" else {})}
+
+
 def reply_problem(text: str, finish_reason: str | None) -> str | None:
     """Why a reply cannot be used as it is (empty, cut off at max_tokens), or None."""
     if finish_reason == "length":
@@ -143,7 +150,7 @@ class VLMLabeler(Labeler):
     remote = True
     chunk_size = 1  # one query per actor call: each answer is committed as it arrives
 
-    def __init__(self, cfg: VLMConfig, goal: str, dataset=None, api_key: Secret | None = None, workers: int = 1):
+    def __init__(self, cfg: EndpointConfig, goal: str, dataset=None, api_key: Secret | None = None, workers: int = 1):
         super().__init__(cfg, goal, dataset)
         self.api_key = api_key if api_key is not None else read_api_key(cfg)
         # the per-minute limit is shared by all actors of the run
@@ -152,11 +159,7 @@ class VLMLabeler(Labeler):
         self._client = self._loop = self._sem = None
 
     def settings(self) -> dict:
-        c = self.cfg
-        return {"endpoint": endpoint_identity(c.base_url), "model": c.model, "prompt": c.prompt,
-                "prompt_version": PROMPT_VERSION, "temperature": c.temperature, "max_tokens": c.max_tokens,
-                "image_format": c.image_format, "image_size": c.image_size,
-                **({"jpeg_quality": c.jpeg_quality} if c.image_format == "jpeg" else {})}
+        return {**endpoint_settings(self.cfg), "prompt": self.cfg.prompt, "prompt_version": PROMPT_VERSION}
 
     @classmethod
     def actor_options(cls, cfg: VLMConfig, workers: int, cluster_gpus: float) -> dict:
