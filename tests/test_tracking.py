@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,27 +28,32 @@ def tensorboard_events(out: Path):
     return events
 
 
-def wandb_history(out: Path) -> list[dict]:
-    """History rows of the offline run in ``out``: wandb's run file is a 7-byte header, then LevelDB-log records
-    (crc, length, type) in 32 KiB blocks, each a protobuf ``Record``."""
+def wandb_history(out: Path, timeout: float = 60.0) -> list[dict]:
+    """History rows of the offline run in ``out``, once its exit record is written (wandb's service process writes
+    the run file on its own time). The file is a 7-byte header, then LevelDB-log records (crc, length, type) in
+    32 KiB blocks, each a protobuf ``Record``."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
-    data, pos, block, part, rows = path.read_bytes(), 7, 32768, b"", []
-    assert data[:4] == b":W&B"
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a record header is padding
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        part, pos = part + data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):  # FULL or LAST piece of a record
-            record = pb.Record()
-            record.ParseFromString(part)
-            part = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
-    return rows
+    deadline = time.monotonic() + timeout
+    while True:
+        data, pos, block, part, records = path.read_bytes(), 7, 32768, b"", []
+        assert data[:4] == b":W&B"
+        while pos + 7 <= len(data):
+            if block - pos % block < 7:  # a block's tail too short for a record header is padding
+                pos += block - pos % block
+                continue
+            _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+            part, pos = part + data[pos + 7 : pos + 7 + length], pos + 7 + length
+            if kind in (1, 4):  # FULL or LAST piece of a record
+                records.append(pb.Record())
+                records[-1].ParseFromString(part)
+                part = b""
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            for r in records if r.WhichOneof("record_type") == "history"]
 
 
 def _fake_evaluations(monkeypatch, tmp_path) -> list[float]:
@@ -187,3 +193,30 @@ def test_run_config_log_reaches_both_trainers_without_changing_their_fingerprint
     assert _fingerprint(logged.fit_reward) == _fingerprint(plain.fit_reward)
     sections = from_dict(RunConfig, {"train": {"log": "tensorboard"}}).resolved()
     assert (sections.train.log, sections.fit_reward.log) == ("tensorboard", "none")
+
+
+def test_cli_train_log_tensorboard_and_fit_reward_log_wandb_offline(tmp_path, monkeypatch):
+    from robot_pref.cli import main
+    from robot_pref.feedback import LabelSet
+
+    cfg = _tiny_train_config(tmp_path, "tensorboard")
+    assert main(["train", "--dataset", cfg.dataset, "--out", str(tmp_path / "cli_iql"), "--steps", "20",
+                 "--log-every", "10", "--batch-size", "16", "--hidden", "32,32", "--reward-key", "true",
+                 "--device", "cpu", "--log", "tensorboard"]) == 0
+    assert [e.step for e in tensorboard_events(tmp_path / "cli_iql").Scalars("loss/q")] == [10, 20]
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    ds = build_dataset(tmp_path / "ds.zarr", episodes_per_tier=2)
+    LabelSet(*oracle_pairs(ds, 80)).save(tmp_path / "labels")
+    out = tmp_path / "reward"
+    assert main(["fit-reward", "--dataset", str(tmp_path / "ds.zarr"), "--labels", str(tmp_path / "labels"),
+                 "--camera", KEY, "--out", str(out), "--ensemble", "1", "--epochs", "2", "--device", "cpu",
+                 "--log", "wandb"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    history = wandb_history(out)
+    assert [r["_step"] for r in history if "loss/train" in r] == [0, 1]
+    assert [r["val/accuracy"] for r in history if "loss/train" in r] == [h["val_accuracy"] for h in report["history"]]
+    assert history[-1]["eval/spearman"] == pytest.approx(report["spearman"])
+    assert history[-1]["eval/learned_vs_true_reward/_type"] == "image-file"
+    assert "min_pairs=200" in report["warnings"][0]  # 80 pairs < the default 200
