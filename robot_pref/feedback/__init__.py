@@ -1,6 +1,7 @@
 """robot_pref.feedback: pair samplers, labelers (vlm, progress, clip, teacher, replay) and the label store.
 
-`label(cfg)` and `label_report(cfg)` are the pipeline's entry points; `load_labels(dir)` is what
+`label(cfg)` and `label_report(cfg)` are the pipeline's entry points (`label_audit(cfg)` compares
+labelers); `load_labels(dir)` is what
 the reward room reads. Names load on first use, so the CLI's start-up stays cheap.
 """
 
@@ -9,8 +10,9 @@ from robot_pref.lazy import lazy_exports
 _EXPORTS = {
     "label": "robot_pref.feedback.run",
     "label_report": "robot_pref.feedback.report",
+    "label_audit": "robot_pref.feedback.audit",
     **{name: "robot_pref.feedback.config" for name in
-       ("ClipConfig", "LabelConfig", "LabelReportConfig", "ProgressConfig", "ReplayConfig", "TeacherConfig",
+       ("ClipConfig", "LabelAuditConfig", "LabelConfig", "LabelReportConfig", "ProgressConfig", "ReplayConfig", "TeacherConfig",
         "VLMConfig")},
     **{name: "robot_pref.feedback.labelers" for name in ("LABELERS", "Labeler", "Query", "register_labeler")},
     **{name: "robot_pref.feedback.samplers" for name in ("SAMPLERS", "PairSampler", "make_sampler", "register_sampler")},

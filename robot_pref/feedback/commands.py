@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from robot_pref.feedback.config import LabelConfig, LabelReportConfig
+from robot_pref.feedback.config import LabelAuditConfig, LabelConfig, LabelReportConfig
 
 
 def register(sub) -> None:
@@ -12,3 +12,5 @@ def register(sub) -> None:
                 help="Ask a labeler (vlm, progress, clip, teacher, replay) which of two frames better achieves the goal")
     add_command(sub, "label-report", LabelReportConfig, "robot_pref.feedback.report:label_report",
                 help="Label accuracy vs the true reward, abstention, confusion, cost/latency (JSON + PNG)")
+    add_command(sub, "label-audit", LabelAuditConfig, "robot_pref.feedback.audit:label_audit",
+                help="Run several labelers on the same pairs and compare them against ground truth (JSON + MD + PNG)")

@@ -122,3 +122,22 @@ class LabelReportConfig:
     labels: str = field(default="", metadata={"help": "labels directory written by `robot-pref label`"})
     out: str = field(default="", metadata={"help": "where to write label_report.json/.png (default: the labels dir)"})
     bins: int = field(default=8, metadata={"help": "true-reward-gap bins of the accuracy plot"})
+
+
+@dataclass
+class LabelAuditConfig:
+    dataset: str = field(default="", metadata={"help": "simulated dataset with rendered frames and ground-truth reward"})
+    labelers: list[str] = field(default_factory=list, metadata={
+        "help": "labeler YAML files, comma-separated: `robot-pref label` fields (labeler, teacher/vlm/gvl/clip "
+                "sections ...) and an optional name"})
+    out: str = field(default="", metadata={"help": "audit directory (default: <dataset>_labels/audit beside it)"})
+    camera: str = "agentview_84"
+    pairs: int = field(default=1000, metadata={"help": "pairs per labeler (the same pairs for every pair labeler)"})
+    seed: int = 0
+    gap_bins: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 1.0],
+                                  metadata={"help": "edges of the normalised true-progress gap bins"})
+    mock: bool = field(default=False, metadata={
+        "help": "answer vlm/progress labelers from a local mock VLM: the dataset's ground truth through the "
+                "vlm-like error model (default parameters)"})
+    mock_progress_noise: float = field(default=5.0, metadata={"help": "mock: std of its progress answers, percent"})
+    progress: bool = False

@@ -6,7 +6,7 @@ reading progress off the frame order). The answer yields the K(K-1)/2 pairs amon
 (earlier frame as a, later as b; label from the predicted progress, -1 where equal), each with
 its predicted progress gap, written to the same label store: one row per pair, keyed by the
 request's content hash and the pair, with the request as provenance. The request's usage
-(tokens, cost, attempts) is counted once, on its first pair.
+(tokens, cost, attempts, images) is counted once, on its first pair.
 
 Frames per request: one at a random step of each of K equal slices of the episode (the whole
 episode is covered). Requests are fixed by ``--seed``, so a rerun asks only what is missing.
@@ -159,13 +159,14 @@ class ProgressLabeler(VLMLabeler):
         return self._answers(req, progress, UNPARSABLE if progress is None else LABELED, text, meta)
 
     def _answers(self, req: ProgressRequest, progress, status: str, raw: str, meta: dict) -> list[Answer]:
-        common = {"request": req.key, "frames": req.frames[req.shown].tolist(), "images": len(req.frames)}
+        common = {"request": req.key, "frames": req.frames[req.shown].tolist()}
         if progress is None:
             rows = [(int(req.frames[i]), int(req.frames[j]), -1, None, None)
                     for i in range(len(req.frames)) for j in range(i + 1, len(req.frames))]
         else:
             rows = expand_pairs(req.frames, req.shown, progress)
-        usage = ("attempts", "prompt_tokens", "completion_tokens", "cost_usd")
+        meta = {**meta, "images": len(req.frames)}
+        usage = ("attempts", "prompt_tokens", "completion_tokens", "cost_usd", "images")
         out = []
         for n, (key, (a, b, label, pa, pb)) in enumerate(zip(req.pair_keys, rows)):
             m = {**common, **{k: v for k, v in meta.items() if n == 0 or k not in usage}}  # usage once per request

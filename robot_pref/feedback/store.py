@@ -198,9 +198,9 @@ META_COLUMNS = {  # exported per-pair metadata: name -> (dtype, missing value)
     "latency_s": (np.float32, np.nan), "attempts": (np.int16, 0), "prompt_tokens": (np.int32, 0),
     "completion_tokens": (np.int32, 0), "cost_usd": (np.float64, 0.0),
 }
-OPTIONAL_COLUMNS = {  # exported only when some answer has them (progress labeler: predicted progress, request)
+OPTIONAL_COLUMNS = {  # exported only when some answer has them (progress: predicted progress, request; images sent)
     "progress_a": (np.float32, np.nan), "progress_b": (np.float32, np.nan), "gap": (np.float32, np.nan),
-    "request": ("U64", ""),
+    "request": ("U64", ""), "images": (np.int16, 0),
 }
 
 

@@ -227,7 +227,8 @@ class VLMLabeler(Labeler):
             cost = (usage["prompt_tokens"] * self.cfg.price_input_per_mtok
                     + usage["completion_tokens"] * self.cfg.price_output_per_mtok) / 1e6
             return q.answer(-1 if label is None else label, status, raw, latency_s=time.perf_counter() - t0,
-                            cost_usd=cost, model=self.cfg.model, **usage, **({"reason": problem} if problem else {}))
+                            cost_usd=cost, model=self.cfg.model, images=2, **usage,
+                            **({"reason": problem} if problem else {}))
 
     async def _throttle(self) -> None:
         if self.interval:
