@@ -243,14 +243,14 @@ def test_best_checkpoint_is_opt_in_and_flagged_as_oracle_selection_beside_the_nu
 
 
 def test_summary_warns_where_numbers_cannot_be_trusted(tiny_run):
-    from robot_pref.pipeline.report import warnings
+    from robot_pref.pipeline.report import trust_warnings
 
     cfg, _, report = tiny_run
     (few,) = report["reward"]["warnings"]  # fit-reward's, carried into the report
     usable = report["reward"]["counts"]["train_pairs"] + report["reward"]["counts"]["val_pairs"]
     assert f"only {usable} usable labelled pairs (fewer than min_pairs=500)" in few and few in report["warnings"]
     success = [{"policy": "a", "ci": [0.1, 0.5]}, {"policy": "b", "ci": [0.45, 0.8]}, {"policy": "c", "ci": [0.85, 1]}]
-    notes = warnings(cfg, {"quality": {"accuracy": 0.3, "accuracy_pairs": 90}},
+    notes = trust_warnings(cfg, {"quality": {"accuracy": 0.3, "accuracy_pairs": 90}},
                      {"val_accuracy": 0.4, "spearman": -0.2, "spearman_within_episode": 0.1,
                       "warnings": ["only 12 usable labelled pairs"]}, success)
     assert notes[0] == "only 12 usable labelled pairs"  # fit-reward's own, first
@@ -258,7 +258,7 @@ def test_summary_warns_where_numbers_cannot_be_trusted(tiny_run):
     assert "accuracy 40.0% < 50%" in notes[2] and "anti-correlated with the annotation" in notes[2]
     assert "all frames (Spearman -0.20)" in notes[3]
     assert "95% CIs overlap (a / b)" in notes[4] and len(notes) == 5  # b / c and a / c are apart
-    good = warnings(cfg, {"quality": {"accuracy": 0.9}}, {"val_accuracy": 0.8, "spearman": 0.7}, success[::2])
+    good = trust_warnings(cfg, {"quality": {"accuracy": 0.9}}, {"val_accuracy": 0.8, "spearman": 0.7}, success[::2])
     assert good == []
 
 

@@ -92,7 +92,7 @@ def _ci_overlaps(success: list[dict]) -> list[tuple[str, str]]:
             if a["ci"][0] <= b["ci"][1] and b["ci"][0] <= a["ci"][1]]
 
 
-def warnings(cfg: Any, labels: dict, reward: dict, success: list[dict]) -> list[str]:
+def trust_warnings(cfg: Any, labels: dict, reward: dict, success: list[dict]) -> list[str]:
     """Where this run's numbers cannot be trusted, one sentence each (what is wrong, and what to do)."""
     out = list(reward.get("warnings", []))  # fit-reward's own (too few usable pairs)
     quality = labels.get("quality", {})
@@ -150,7 +150,7 @@ def write_report(cfg: Any, run_dir: Path, stage_names: list[str]) -> dict:
                         "mean_return": info.get("mean_return"),
                         "checkpoint": _checkpoint_note(cfg, stages.get(f"train_{policy}", {}))})
     offline = {p: i for p, i in policies.items() if i.get("offline")}
-    notes = warnings(cfg, labels, reward, success)
+    notes = trust_warnings(cfg, labels, reward, success)
     report = {
         "name": cfg.name,
         "config": dataclasses.asdict(cfg),
