@@ -8,6 +8,15 @@ time, by a tiny random-init model (``--clip-model ViT-B-32`` for the real archit
 download).
 
     .venv/bin/python tools/bench_label.py [--latency 0.3] [--concurrency 1,8,32] [--clip-model tiny]
+
+Query designs (``--designs``): pairwise (vlm, single-stage: one request per pair) vs progress
+(K shuffled frames per request, K(K-1)/2 pairs per answer) through `robot-pref label` against the
+mock answering from hidden truth (pairwise: the vlm-like error model; progress: 5% noise), with
+the injected latency: labels per request and per second at equal request budgets; with
+``--fit``, the reward quality after fitting on each (held-out true-order accuracy on uniform
+random pairs, Spearman over all frames).
+
+    .venv/bin/python tools/bench_label.py --designs pairwise,4,8,16 --budgets 100,250,500,1000 --fit
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from robot_pref.feedback.clip import ClipScorer, pick_device
-from robot_pref.feedback.config import ClipConfig, VLMConfig
+from robot_pref.feedback.config import ClipConfig, LabelConfig, ProgressConfig, VLMConfig
 from robot_pref.feedback.labelers import Query, Secret
 from robot_pref.feedback.synthetic import GOAL, make_square_dataset
 from robot_pref.feedback.vlm import VLMLabeler
@@ -124,6 +133,68 @@ def bench_clip(frames, model: str, n: int, batch: int) -> list[dict]:
              "ratio": round(single / batched, 2)}]
 
 
+def reward_quality(ds, frame_key: str, labels, held_out: tuple[np.ndarray, np.ndarray], seed: int) -> dict:
+    """Fit the reward room's default CNN on ``labels``; score it on held-out uniform pairs and all frames."""
+    from scipy.stats import spearmanr
+
+    from robot_pref.reward.config import FitRewardConfig
+    from robot_pref.reward.evaluation import frame_rewards
+    from robot_pref.reward.train import fit
+
+    cfg = FitRewardConfig(dataset=ds.path, camera=frame_key, ensemble=1, epochs=30, patience=5, seed=seed,
+                          augment="none", min_pairs=0, device="auto")
+    model, _ = fit(ds, labels.index_a, labels.index_b, labels.label, cfg, progress=False)
+    true = ds.ground_truth("reward")
+    pred = frame_rewards(model, ds, frame_key, np.arange(ds.n_frames))
+    a, b = held_out
+    strict = true[a] != true[b]
+    acc = float(np.mean((pred[b] > pred[a])[strict] == (true[b] > true[a])[strict]))
+    return {"held_out_accuracy": round(acc, 3), "spearman": round(float(spearmanr(pred, true).statistic), 3)}
+
+
+def bench_designs(latency: float, designs: list[str], budgets: list[int], do_fit: bool, tmp: Path) -> list[dict]:
+    """Each design at each request budget through `label` against the mock (see the module docstring)."""
+    import logging
+
+    from robot_pref.feedback import load_labels
+    from robot_pref.feedback.mock_server import MockVLM, TruthTable
+    from robot_pref.feedback.run import label
+    from robot_pref.feedback.teacher import VLMErrorModel
+
+    logging.getLogger("robot_pref").setLevel(logging.ERROR)
+    ds = make_square_dataset(tmp / "designs.zarr", episodes=40, length=40, size=48, seed=1)
+    key = "agentview_48"
+    rng = np.random.default_rng(123)
+    held_out = (rng.integers(0, ds.n_frames, 4000), rng.integers(0, ds.n_frames, 4000))
+    rows = []
+    with MockVLM(latency=latency, truth=TruthTable(ds, key), errors=VLMErrorModel(), progress_noise=5.0) as srv:
+        for design in designs:
+            for budget in budgets:
+                out = tmp / f"{design}_{budget}"
+                if design == "pairwise":
+                    cfg = LabelConfig(dataset=ds.path, camera=key, labeler="vlm", pairs=budget, out=str(out),
+                                      progress=False, vlm=VLMConfig(base_url=srv.url, model="mock",
+                                                                    prompt="single-stage", concurrency=32))
+                else:
+                    k = int(design)
+                    cfg = LabelConfig(dataset=ds.path, camera=key, labeler="progress", pairs=budget * k * (k - 1) // 2,
+                                      out=str(out), progress=False,
+                                      gvl=ProgressConfig(base_url=srv.url, model="mock", frames=k, concurrency=32))
+                before = len(srv.requests)
+                summary = label(cfg)
+                requests = len(srv.requests) - before
+                labels = load_labels(out)
+                row = {"design": "pairwise" if design == "pairwise" else f"progress K={design}", "budget": budget,
+                       "requests": requests, "labels": len(labels),
+                       "labels_per_request": round(len(labels) / max(requests, 1), 1),
+                       "wall_s": summary["wall_s"], "labels_per_s": round(len(labels) / summary["wall_s"], 1)}
+                if do_fit:
+                    row.update(reward_quality(ds, key, labels, held_out, seed=0))
+                rows.append(row)
+                print(row, flush=True)
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     cols = list(rows[0])
     width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
@@ -141,7 +212,23 @@ def main() -> None:
     p.add_argument("--clip-frames", type=int, default=256)
     p.add_argument("--clip-batch", type=int, default=64)
     p.add_argument("--json", default="", help="also write the numbers to this JSON file")
+    p.add_argument("--designs", default="", help="query designs to compare: pairwise and/or progress K values "
+                                                 "(e.g. pairwise,4,8,16); empty = skip")
+    p.add_argument("--budgets", default="100,250,500,1000", help="request budgets of the query designs")
+    p.add_argument("--fit", action="store_true", help="fit a reward on each design's labels and score it")
+    p.add_argument("--only-designs", action="store_true", help="skip the VLM concurrency and CLIP rows")
     args = p.parse_args()
+    if args.designs:
+        with tempfile.TemporaryDirectory() as tmp:
+            designs = bench_designs(args.latency, args.designs.split(","), [int(b) for b in args.budgets.split(",")],
+                                    args.fit, Path(tmp))
+        print(f"\nQuery designs against the mock ({args.latency * 1000:.0f} ms latency; pairwise: vlm-like error model, "
+              f"progress: 5% noise; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+        print(table(designs))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"designs": designs}, indent=2))
+        if args.only_designs:
+            return
     levels = [int(c) for c in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         ds = make_square_dataset(Path(tmp) / "sq.zarr", episodes=8, length=32, size=84)
