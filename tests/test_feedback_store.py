@@ -99,6 +99,10 @@ def test_teacher_run_is_cached_and_resumable_by_budget(ds, tmp_path):
     with sqlite3.connect(out / "store.sqlite") as conn:
         assert conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 120
         assert conn.execute("SELECT COUNT(*) FROM runs WHERE finished IS NOT NULL").fetchone()[0] == 4
+    before = (out / "labels.npz").read_bytes()
+    with pytest.raises(ValueError, match="unknown sampler"):  # a run that fails to sample exports nothing
+        label(cfg(ds, out, labeler="teacher", pairs=60, sampler="no-such"))
+    assert (out / "labels.npz").read_bytes() == before
 
 
 def test_load_labels_falls_back_to_store(ds, tmp_path):

@@ -16,6 +16,7 @@ hidden ground truth through the vlm-like error model, to compare query designs a
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -58,7 +59,7 @@ def audit_metrics(labels: LabelSet, reward: np.ndarray, edges: list[float], summ
     decided = (labels.label != -1) & (diff != 0)
     correct = decided & (labels.label == truth)
     by_gap = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         sel = (gap > lo) & (gap <= hi)
         ans = sel & decided
         by_gap.append({"gap_lo": lo, "gap_hi": hi, "pairs": int(sel.sum()), "answered": int(ans.sum()),
@@ -146,7 +147,7 @@ def _f(x, spec=".2f"):
 
 def markdown(report: dict) -> str:
     edges = report["gap_bins"]
-    bins = [f"acc ({lo:g}, {hi:g}]" for lo, hi in zip(edges[:-1], edges[1:])]
+    bins = [f"acc ({lo:g}, {hi:g}]" for lo, hi in itertools.pairwise(edges)]
     head = ["labeler", "type", "labels", "accuracy", "abstention", *bins, "VOC", "requests", "images", "tokens",
             "cost $/correct", "wall s/correct"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -185,7 +185,8 @@ class ProgressLabeler(VLMLabeler):
         k = self.cfg.frames
         n_req = math.ceil(max(cfg.pairs, 0) / self.pairs_per_request)
         frames, shown = sample_groups(ds, frame_key, n_req, k, cfg.seed)
-        counts.update(requests=n_req, requests_cached=0, requests_asked=0, images_sent=0, pairs=n_req * self.pairs_per_request)
+        counts.update(requests=n_req, requests_cached=0, requests_asked=0, images_sent=0,
+                      pairs=n_req * self.pairs_per_request)
         bar.reset(total=n_req)
         limit = cfg.budget or math.inf
         if self.cfg.max_images:

@@ -248,16 +248,17 @@ def label(cfg: LabelConfig) -> dict:
             label_pairs(cfg, ds, frame_key, labeler, section, goal, kwargs, store, counts, results, bar)
     finally:
         bar.close()
-        done = [a for a in results if a is not None and a.status in LABEL_STATUSES]
-        answers_to_label_set(done).save(out)
-        counts.update({"labels": len(done), "not_asked": counts["pairs"] - sum(a is not None for a in results)})
-        summary = {"dataset": str(cfg.dataset), "dataset_identity": ds.identity, "out": str(out),
-                   "labeler": cls.type, "frame_key": frame_key,
-                   "goal": goal, "settings": settings, "counts": dict(counts),
-                   "wall_s": round(time.perf_counter() - t0, 3), "config": dataclasses.asdict(cfg)}
-        (out / "label_run.json").write_text(json.dumps(summary, indent=2, default=str))
-        store.finish_run(run_id, dict(counts))
-        store.close()
+        if "pairs" in counts:  # the work was planned: export what this run holds (also when interrupted)
+            done = [a for a in results if a is not None and a.status in LABEL_STATUSES]
+            answers_to_label_set(done).save(out)
+            counts.update({"labels": len(done), "not_asked": counts["pairs"] - sum(a is not None for a in results)})
+            summary = {"dataset": str(cfg.dataset), "dataset_identity": ds.identity, "out": str(out),
+                       "labeler": cls.type, "frame_key": frame_key,
+                       "goal": goal, "settings": settings, "counts": dict(counts),
+                       "wall_s": round(time.perf_counter() - t0, 3), "config": dataclasses.asdict(cfg)}
+            (out / "label_run.json").write_text(json.dumps(summary, indent=2, default=str))
+            store.finish_run(run_id, dict(counts))
+        store.close()  # a sampling error leaves the previous export as it was
     if counts["not_asked"] and (cfg.budget or getattr(section, "max_images", 0)):
         log.warning("budget reached (--budget %d%s): %d pairs not asked; rerun to continue (answers are cached)",
                     cfg.budget, f", --gvl.max-images {section.max_images}" if getattr(section, "max_images", 0) else "",

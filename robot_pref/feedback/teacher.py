@@ -20,9 +20,9 @@ position bias, refusals near ties); the mock VLM server answers through the same
 
 from __future__ import annotations
 
-import numpy as np
-
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from robot_pref.feedback.config import TeacherConfig
 from robot_pref.feedback.labelers import Labeler, Query
