@@ -307,3 +307,25 @@ def test_vlm_accuracy_against_the_mock_error_model_matches_the_model(tmp_path, r
         accs.append(np.mean(labels.label[ans] == right[ans]))
         assert abs(accs[-1] - expect) < 4 * np.sqrt(expect * (1 - expect) / ans.sum()) + 0.01, (accs[-1], expect)
     assert accs[0] < accs[-1] - 0.2  # a realistic VLM: errors concentrate on near-ties
+
+
+def test_segment_queries_send_clips_and_answer_by_clip_progress(ds, tmp_path, ray_session):
+    from robot_pref.feedback.labelers import clip_indices
+    from robot_pref.feedback.mock_server import TruthTable
+
+    start = int(ds.episode_starts[1])
+    np.testing.assert_array_equal(clip_indices(ds, np.array([start + 5, start + 1]), 3, 2),
+                                  [[start + 1, start + 3, start + 5], [start, start, start + 1]])  # clipped at the start
+    with MockVLM(truth=TruthTable(ds, "agentview_32")) as srv:
+        vlm = VLMConfig(base_url=srv.url, model="mock", prompt="single-stage", segment=3, segment_stride=2)
+        summary = label(LabelConfig(dataset=ds.path, camera="agentview", labeler="vlm", pairs=20, out=str(tmp_path),
+                                    progress=False, vlm=vlm))
+        n_requests = len(srv.requests)
+    assert summary["counts"]["answered"] + summary["counts"]["cached"] == 20 and 0 < n_requests <= 20
+    assert summary["settings"]["segment"] == 3
+    labels = load_labels(tmp_path)
+    assert (labels.extra["images"][labels.extra["attempts"] > 0] == 6).all()  # 3 frames per side
+    r = ds.ground_truth("reward").astype(np.float64)
+    ra = r[clip_indices(ds, labels.index_a, 3, 2)].mean(1)
+    rb = r[clip_indices(ds, labels.index_b, 3, 2)].mean(1)
+    np.testing.assert_array_equal(labels.label, np.where(np.isclose(ra, rb), -1, (rb > ra).astype(int)))

@@ -39,6 +39,9 @@ class EndpointConfig:
 class VLMConfig(EndpointConfig):
     prompt: Literal["two-stage", "single-stage"] = field(
         default="two-stage", metadata={"help": "RL-VLM-F analysis + labeling calls, or one call"})
+    segment: int = field(default=1, metadata={
+        "help": "frames per clip: each side is the clip ending at the queried frame, sent as a sequence (1 = frames)"})
+    segment_stride: int = field(default=1, metadata={"help": "steps between a clip's frames (sub-sampling)"})
 
 
 @dataclass

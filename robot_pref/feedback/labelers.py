@@ -29,6 +29,15 @@ LABELERS: dict[str, type | str] = {
 }
 
 
+def clip_indices(dataset, index: np.ndarray, segment: int, stride: int = 1) -> np.ndarray:
+    """(n, segment) frame indices of the clips ending at ``index``, oldest first, every ``stride`` steps;
+    steps before the episode start repeat its first frame."""
+    index = np.asarray(index, dtype=np.int64)
+    starts = dataset.episode_starts[dataset.episode_of(index)]
+    steps = stride * np.arange(segment - 1, -1, -1, dtype=np.int64)
+    return np.maximum(index[:, None] - steps[None], starts[:, None])
+
+
 def register_labeler(name: str, cls: type | str) -> None:
     LABELERS[name] = cls
 
@@ -42,7 +51,7 @@ class Query:
     key: str
     index_a: int
     index_b: int
-    frame_a: np.ndarray | None = None  # uint8 (H, W, 3); None for index-based labelers
+    frame_a: np.ndarray | None = None  # uint8 (H, W, 3), or (N, H, W, 3) clips; None for index-based labelers
     frame_b: np.ndarray | None = None
 
     def answer(self, label: int, status: str, raw: str = "", **meta: Any) -> Answer:
@@ -72,6 +81,8 @@ class Labeler:
     remote: ClassVar[bool] = False  # True: runs inside Ray actors (`actor_options`)
     section: ClassVar[str] = ""  # LabelConfig section of its settings ('' = the type name)
     chunk_size: int = 256  # queries per call
+    segment: int = 1  # frames per side: > 1 sends clips ending at the queried frames (`clip_indices`)
+    segment_stride: int = 1
     # labelers whose one request answers many pairs (progress) drive their own loop instead of
     # `label`: run(cfg, dataset, frame_key, store, counts, results, bar); None = the pair loop
     run = None

@@ -145,13 +145,15 @@ class MockVLM:
         return tuple(float(u[0]) for u in key_uniforms([key], n))
 
     def judge(self, frames: list[np.ndarray]) -> tuple[str, str]:
-        """Analysis text and the single-line answer for two frames."""
+        """Analysis text and the single-line answer for two frames, or two equal-length clips (the first
+        half of the images and the second; a clip's progress is its frames' mean, as a segment return)."""
+        n = len(frames) // 2
         if self.truth is None:
-            p1, p2 = red_fraction(frames[0]), red_fraction(frames[1])
+            p1, p2 = (float(np.mean([red_fraction(f) for f in side])) for side in (frames[:n], frames[n:]))
             answer = "-1" if abs(p1 - p2) <= self.tie_margin else "1" if p2 > p1 else "0"
             shown = [f"a plain scene with a red square covering about {100 * p:.1f}% of the view" for p in (p1, p2)]
         else:
-            p1, p2 = self.truth(frames[0]), self.truth(frames[1])
+            p1, p2 = (float(np.mean([self.truth(f) for f in side])) for side in (frames[:n], frames[n:]))
             if self.errors is None:
                 answer = "-1" if p1 == p2 else "1" if p2 > p1 else "0"
             else:

@@ -25,7 +25,7 @@ import numpy as np
 
 from robot_pref.data.dataset import DatasetError, TrajectoryDataset
 from robot_pref.feedback.config import LabelConfig
-from robot_pref.feedback.labelers import Labeler, Query, labeler_class
+from robot_pref.feedback.labelers import Labeler, Query, clip_indices, labeler_class
 from robot_pref.feedback.samplers import make_sampler
 from robot_pref.feedback.store import (FAILED, LABEL_STATUSES, MAX_TRIES, SKIPPED, STORE_NAME, UNPARSABLE, Answer,
                                        LabelStore, answers_to_label_set)
@@ -69,6 +69,15 @@ def resolve_out(cfg: LabelConfig) -> Path:
         raise ValueError(f"--out {out} lies inside the dataset {data}; labels live beside the dataset, "
                          f"e.g. --out {data.parent / 'labels' / cfg.labeler}")
     return out
+
+
+def read_sides(ds: TrajectoryDataset, frame_key: str, index: np.ndarray, labeler: Labeler) -> np.ndarray:
+    """The frames of one side of the queries, or (n, segment, H, W, 3) clips for segment queries."""
+    if labeler.segment <= 1:
+        return ds.get(f"frames/{frame_key}", index)
+    clips = clip_indices(ds, index, labeler.segment, labeler.segment_stride)
+    frames = ds.get(f"frames/{frame_key}", clips.reshape(-1))
+    return frames.reshape(*clips.shape, *frames.shape[1:])
 
 
 def sample_pairs(cfg: LabelConfig, ds: TrajectoryDataset, frame_key: str, labeler: Labeler):
@@ -174,7 +183,7 @@ def label_pairs(cfg: LabelConfig, ds: TrajectoryDataset, frame_key: str, labeler
             ia, ib = index_a[s : s + READ_CHUNK], index_b[s : s + READ_CHUNK]
             fa = fb = None
             if cls.uses_frames:
-                fa, fb = ds.get(f"frames/{frame_key}", ia), ds.get(f"frames/{frame_key}", ib)
+                fa, fb = (read_sides(ds, frame_key, idx, labeler) for idx in (ia, ib))
             keys = labeler.query_keys(ia, ib, fa, fb)
             cached = store.get(keys)
             for j, key in enumerate(keys):

@@ -7,6 +7,10 @@ retries with exponential backoff on 429 / 5xx / timeouts / dropped connections t
 Retry-After, and latency / tokens / estimated cost recorded per query. The API key is read
 from the environment variable the config names and is held as a `Secret`.
 
+Segment queries (``--vlm.segment N``): each side is the clip of N frames ending at the queried
+frame (every ``--vlm.segment-stride`` steps, clipped at the episode start), sent as a sequence of
+images; the label still indexes the queried (last) frames.
+
 A reply that holds no label (no 0 / 1 / -1 line, cut off at max_tokens, or an empty or truncated
 first-stage analysis, which is never pasted into the labeling call) is ``unparsable``: a
 failure kept with its raw text, asked again on later runs (see `robot_pref.feedback.store`).
@@ -72,13 +76,16 @@ def encode_image(frame: np.ndarray, cfg: EndpointConfig) -> str:
     return f"data:image/{cfg.image_format};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
-def image_messages(url_a: str, url_b: str, text: str) -> list[dict]:
-    content = [{"type": "text", "text": "Consider the following two images:\nImage 1:"},
-               {"type": "image_url", "image_url": {"url": url_a}},
-               {"type": "text", "text": "Image 2:"},
-               {"type": "image_url", "image_url": {"url": url_b}},
-               {"type": "text", "text": text}]
-    return [{"role": "user", "content": content}]
+def image_messages(urls_a: list[str], urls_b: list[str], text: str) -> list[dict]:
+    """Both sides, each one image or (segment queries) a sequence of frames, then the question."""
+    def side(name: str, urls: list[str]) -> list[dict]:
+        head = f"{name}:" if len(urls) == 1 else f"{name} (a sequence of {len(urls)} frames, oldest first):"
+        return [{"type": "text", "text": head}, *({"type": "image_url", "image_url": {"url": u}} for u in urls)]
+
+    intro = "Consider the following two images:" if len(urls_a) == 1 else "Consider the following two clips:"
+    a, b = side("Image 1", urls_a), side("Image 2", urls_b)
+    a[0]["text"] = f"{intro}\n{a[0]['text']}"
+    return [{"role": "user", "content": [*a, *b, {"type": "text", "text": text}]}]
 
 
 _LABEL_LINE = re.compile(r"^(?:(?:answer|label|output)\s*[:=]\s*)?(-1|0|1)$", re.IGNORECASE)
@@ -153,13 +160,18 @@ class VLMLabeler(Labeler):
     def __init__(self, cfg: EndpointConfig, goal: str, dataset=None, api_key: Secret | None = None, workers: int = 1):
         super().__init__(cfg, goal, dataset)
         self.api_key = api_key if api_key is not None else read_api_key(cfg)
+        self.segment, self.segment_stride = getattr(cfg, "segment", 1), getattr(cfg, "segment_stride", 1)
+        if self.segment < 1 or self.segment_stride < 1:
+            raise ValueError(f"--vlm.segment and --vlm.segment-stride must be >= 1, got {self.segment}, "
+                             f"{self.segment_stride}")
         # the per-minute limit is shared by all actors of the run
         self.interval = 60.0 * max(1, workers) / cfg.requests_per_minute if cfg.requests_per_minute > 0 else 0.0
         self._next_slot = 0.0
         self._client = self._loop = self._sem = None
 
     def settings(self) -> dict:
-        return {**endpoint_settings(self.cfg), "prompt": self.cfg.prompt, "prompt_version": PROMPT_VERSION}
+        clips = {"segment": self.segment, "segment_stride": self.segment_stride} if self.segment > 1 else {}
+        return {**endpoint_settings(self.cfg), "prompt": self.cfg.prompt, "prompt_version": PROMPT_VERSION, **clips}
 
     @classmethod
     def actor_options(cls, cfg: VLMConfig, workers: int, cluster_gpus: float) -> dict:
@@ -200,7 +212,8 @@ class VLMLabeler(Labeler):
             t0 = time.perf_counter()
             usage = {"attempts": 0, "prompt_tokens": 0, "completion_tokens": 0}
             try:
-                url_a, url_b = encode_image(q.frame_a, self.cfg), encode_image(q.frame_b, self.cfg)
+                url_a, url_b = ([encode_image(f, self.cfg) for f in (side if side.ndim == 4 else side[None])]
+                                for side in (q.frame_a, q.frame_b))
                 fmt = {"goal": self.goal, "answer_format": ANSWER_FORMAT}
                 problem = None
                 if self.cfg.prompt == "two-stage":
@@ -227,7 +240,7 @@ class VLMLabeler(Labeler):
             cost = (usage["prompt_tokens"] * self.cfg.price_input_per_mtok
                     + usage["completion_tokens"] * self.cfg.price_output_per_mtok) / 1e6
             return q.answer(-1 if label is None else label, status, raw, latency_s=time.perf_counter() - t0,
-                            cost_usd=cost, model=self.cfg.model, images=2, **usage,
+                            cost_usd=cost, model=self.cfg.model, images=len(url_a) + len(url_b), **usage,
                             **({"reason": problem} if problem else {}))
 
     async def _throttle(self) -> None:
