@@ -79,6 +79,12 @@ def _examples(info: dict, eval_dir: Path, run_dir: Path) -> list[dict]:
              "success": bool(r["success"]), "steps": r.get("steps"), "return": r.get("return")} for r in picks]
 
 
+def _shown_path(path: Path, run_dir: Path) -> str:
+    """Relative to the run directory when inside it (the page moves with it), else as given."""
+    inside = path.resolve().is_relative_to(run_dir.resolve())
+    return os.path.relpath(path, run_dir) if inside else str(path)
+
+
 def _checkpoint_note(cfg: Any, train: dict) -> str:
     if cfg.checkpoint != "best":
         return "last"
@@ -173,7 +179,7 @@ def write_report(cfg: Any, run_dir: Path, stage_names: list[str]) -> dict:
         "name": cfg.name, "task": cfg.collect.task, "checkpoint": cfg.checkpoint, "warnings": notes,
         "success": success, "examples": examples, "offline": offline,
         "ratio": (rates[LEARNED] / rates[TRUE]) if rates.get(TRUE) and LEARNED in rates else None,
-        "dataset": dataset, "labels": labels, "quality": labels.get("quality", {}), "cost": labels.get("cost", {}),
+        "dataset": dataset, "labels": labels, "dataset_path": _shown_path(Path(dataset["path"]), run_dir), "quality": labels.get("quality", {}), "cost": labels.get("cost", {}),
         "labeler": labels.get("labeler", cfg.label.labeler), "reward": reward,
         "usable_pairs": sum(reward.get("counts", {}).get(k, 0) for k in ("train_pairs", "val_pairs")) or None,
         "min_pairs": cfg.fit_reward.min_pairs,
