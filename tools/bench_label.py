@@ -152,8 +152,10 @@ def reward_quality(ds, frame_key: str, labels, held_out: tuple[np.ndarray, np.nd
     return {"held_out_accuracy": round(acc, 3), "spearman": round(float(spearmanr(pred, true).statistic), 3)}
 
 
-def bench_designs(latency: float, designs: list[str], budgets: list[int], do_fit: bool, tmp: Path) -> list[dict]:
-    """Each design at each request budget through `label` against the mock (see the module docstring)."""
+def bench_designs(latency: float, designs: list[str], budgets: list[int], do_fit: bool, tmp: Path,
+                  dataset: str = "", camera: str = "") -> list[dict]:
+    """Each design at each request budget through `label` against the mock (see the module docstring);
+    on ``dataset`` (simulated, rendered ``camera`` frames) or else a synthetic square dataset."""
     import logging
 
     from robot_pref.feedback import load_labels
@@ -162,15 +164,19 @@ def bench_designs(latency: float, designs: list[str], budgets: list[int], do_fit
     from robot_pref.feedback.teacher import VLMErrorModel
 
     logging.getLogger("robot_pref").setLevel(logging.ERROR)
-    ds = make_square_dataset(tmp / "designs.zarr", episodes=40, length=40, size=48, seed=1)
-    key = "agentview_48"
+    from robot_pref.data.dataset import TrajectoryDataset
+
+    if dataset:
+        ds, key = TrajectoryDataset.open(dataset), camera
+    else:
+        ds, key = make_square_dataset(tmp / "designs.zarr", episodes=40, length=40, size=48, seed=1), "agentview_48"
     rng = np.random.default_rng(123)
     held_out = (rng.integers(0, ds.n_frames, 4000), rng.integers(0, ds.n_frames, 4000))
     rows = []
     with MockVLM(latency=latency, truth=TruthTable(ds, key), errors=VLMErrorModel(), progress_noise=5.0) as srv:
         for design in designs:
             for budget in budgets:
-                out = tmp / f"{design}_{budget}"
+                out = tmp / "labels" / f"{design}_{budget}"
                 if design == "pairwise":
                     cfg = LabelConfig(dataset=ds.path, camera=key, labeler="vlm", pairs=budget, out=str(out),
                                       progress=False, vlm=VLMConfig(base_url=srv.url, model="mock",
@@ -216,12 +222,14 @@ def main() -> None:
                                                  "(e.g. pairwise,4,8,16); empty = skip")
     p.add_argument("--budgets", default="100,250,500,1000", help="request budgets of the query designs")
     p.add_argument("--fit", action="store_true", help="fit a reward on each design's labels and score it")
+    p.add_argument("--dataset", default="", help="simulated dataset for the query designs (default: synthetic squares)")
+    p.add_argument("--camera", default="agentview_84", help="its frame key")
     p.add_argument("--only-designs", action="store_true", help="skip the VLM concurrency and CLIP rows")
     args = p.parse_args()
     if args.designs:
         with tempfile.TemporaryDirectory() as tmp:
             designs = bench_designs(args.latency, args.designs.split(","), [int(b) for b in args.budgets.split(",")],
-                                    args.fit, Path(tmp))
+                                    args.fit, Path(tmp), args.dataset, args.camera)
         print(f"\nQuery designs against the mock ({args.latency * 1000:.0f} ms latency; pairwise: vlm-like error model, "
               f"progress: 5% noise; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
         print(table(designs))
