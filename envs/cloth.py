@@ -20,8 +20,8 @@ bottom right corner" lays the top-left half onto the bottom-right half about the
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections import OrderedDict
 
+import mujoco
 import numpy as np
 from robosuite.environments.manipulation.manipulation_env import ManipulationEnv
 from robosuite.models.arenas import TableArena
@@ -63,8 +63,8 @@ class ClothFold(ManipulationEnv):
         arena = TableArena(table_full_size=self.table_full_size, table_offset=self.table_offset)
         arena.set_origin([0, 0, 0])
         self.model = ManipulationTask(mujoco_arena=arena, mujoco_robots=[robot])
-        # CG with few iterations: Newton's dense steps over the cloth's 300 dofs are ~5x slower and the
-        # picker needs no precise contact forces (tools/bench_envs.py --task cloth_fold)
+        # CG with few iterations: Newton's steps over the cloth's 300 dofs are ~5x slower and the picker
+        # needs no precise contact forces; 4 ms steps halve the substeps (tools/bench_envs.py, docs/CLOTH.md)
         self.model.root.find("option").attrib.update(solver="CG", iterations="20", tolerance="1e-6",
                                                      timestep=str(TIMESTEP))
         spacing = SIZE / (GRID - 1)
@@ -87,8 +87,6 @@ class ClothFold(ManipulationEnv):
     def _setup_references(self):
         super()._setup_references()
         model = self.sim.model._model
-        import mujoco
-
         self.vert_bodies = np.array([mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, f"cloth_{k}")
                                      for k in range(GRID * GRID)])
         self.pick_eq = np.array([mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_EQUALITY, f"pick_{k}")
@@ -97,8 +95,7 @@ class ClothFold(ManipulationEnv):
         model.eq_data[self.pick_eq, 3:6] = 0.0
         self.grip_site = self.sim.model.site_name2id(self.robots[0].gripper["right"].important_sites["grip_site"])
         self.vert_qpos = np.array([model.jnt_qposadr[model.body_jntadr[b]] for b in self.vert_bodies])
-        rest = model.body_pos[self.vert_bodies].copy()
-        self.rest = rest
+        self.rest = rest = model.body_pos[self.vert_bodies].copy()  # vertex bodies are children of the world
         self.corner_ids = corner_vertices(rest)
         self.pairs = fold_pairs(rest)
         self.rest_pair = float(np.linalg.norm(rest[self.pairs[:, 0]] - rest[self.pairs[:, 1]], axis=1).mean())
