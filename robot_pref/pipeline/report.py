@@ -76,7 +76,7 @@ def _examples(info: dict, eval_dir: Path, run_dir: Path) -> list[dict]:
     picks = [r for r in picks if r]
     picks += [r for r in recorded if r not in picks][: max(0, 2 - len(picks))]
     return [{"src": os.path.relpath(eval_dir / r["video"], run_dir), "episode": r["episode"],
-             "success": bool(r["success"]), "steps": r.get("steps"), "return": r.get("return")} for r in picks]
+             "success": bool(r["success"]), "steps": r.get("steps")} for r in picks]
 
 
 def _shown_path(path: Path, run_dir: Path) -> str:
