@@ -196,8 +196,9 @@ MEDIUM_WRAPPERS: dict[str, Callable] = {}
 
 from robot_pref.envs import cloth_collectors  # noqa: E402  (its plan builds on Waypoint above)
 
-PLANS["cloth_fold"] = cloth_collectors.fold_plan
-MEDIUM_WRAPPERS["cloth_fold"] = cloth_collectors.early_release
+# looked up when called: when cloth_collectors is imported first, it is still half-built at this point
+PLANS["cloth_fold"] = lambda o0: cloth_collectors.fold_plan(o0)
+MEDIUM_WRAPPERS["cloth_fold"] = lambda *args: cloth_collectors.early_release(*args)
 
 
 def make_expert(task: str) -> WaypointExpert:

@@ -1,6 +1,9 @@
 """cloth_fold: layout, picker, state replay (online frames == frames re-rendered by Ray actors), tier
 ordering, the reward's ordering on constructed cloth shapes, rollout through `sim:cloth_fold`."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -147,3 +150,10 @@ def test_rollout_through_the_sim_backend_with_safety(cloth):
         assert robot.info.task == "cloth_fold" and robot.info.state_dim == cloth.state_dim
         rec = run_episode(robot, Expert(), seed=3, max_steps=120)
     assert rec.fault is None and rec.success and 30 < len(rec) < 100
+
+
+def test_cloth_collectors_can_be_imported_first():
+    """collectors.py registers the cloth plan from cloth_collectors, which builds on collectors: a cycle."""
+    code = ("import numpy as np, robot_pref.envs.cloth_collectors; from robot_pref.envs.collectors import PLANS; "
+            "assert len(PLANS['cloth_fold']({'cloth_corners': np.zeros(12)})) == 8")
+    subprocess.run([sys.executable, "-c", code], check=True)
