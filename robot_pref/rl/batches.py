@@ -84,9 +84,12 @@ class TransitionBatches:
     @classmethod
     def from_dataset(cls, ds: TrajectoryDataset, lowdim: dict[str, torch.Tensor], action: torch.Tensor,
                      reward: np.ndarray, frame_keys: tuple[str, ...], batch_size: int, device: torch.device,
-                     seed: int) -> "TransitionBatches":
-        """Transitions of a dataset: t uses reward[t + 1] (reward arrays hold r(s_t)) and ds.terminal_flags()."""
+                     seed: int, exclude_episodes: tuple[int, ...] = ()) -> "TransitionBatches":
+        """Transitions of a dataset: t uses reward[t + 1] (reward arrays hold r(s_t)) and ds.terminal_flags();
+        none from ``exclude_episodes`` (held out)."""
         idx = ds.transition_indices()
+        if exclude_episodes:
+            idx = idx[~np.isin(ds.episode_of(idx), exclude_episodes)]
         if len(idx) == 0:
             raise DatasetError(f"{ds.path} has no transitions (every episode has one step); collect longer episodes")
         r_next = np.zeros(ds.n_frames, np.float32)

@@ -79,14 +79,18 @@ class Policy:
             raise KeyError(f"policy needs observation keys {list(self.observation_keys)}; missing {missing}")
         first = self.observation_keys[0]
         single = np.ndim(obs[first]) == (1 if first in self.spec["lowdim"] else 3)
+        a = self.actor(self.features({k: np.asarray(obs[k])[None] if single else obs[k] for k in obs})).cpu().numpy()
+        a = self.action_low + (a + 1.0) * 0.5 * (self.action_high - self.action_low)
+        return a[0] if single else a
+
+    @torch.no_grad()
+    def features(self, obs: Mapping[str, np.ndarray]) -> torch.Tensor:
+        """The actor's (and critics') input for a batch: low-dim keys normalised, frames encoded."""
         x = {}
         for k in self.observation_keys:
             t = torch.as_tensor(np.asarray(obs[k]), device=self.device)
-            t = t[None] if single else t
             x[k] = self.obs_model.normalize(k, t.float()) if k in self.spec["lowdim"] else t
-        a = self.actor(self.obs_model(x)).cpu().numpy()
-        a = self.action_low + (a + 1.0) * 0.5 * (self.action_high - self.action_low)
-        return a[0] if single else a
+        return self.obs_model(x)
 
 
 def load_policy(path: str | Path, device: str | torch.device | None = None) -> Policy:

@@ -43,6 +43,9 @@ class TrainConfig:
     threads: int = field(default=0, metadata={
         "help": "torch CPU threads; 0 = leave torch's choice (every core when alone, the cores Ray reserved "
                 "for it as a pipeline stage); pin 1 on a machine busy with other work"})
+    holdout: float = field(default=0.0, metadata={
+        "help": "fraction of episodes left out of training (the same ones for every policy and seed), for "
+                "offline evaluation on data without a simulator"})
     log_every: int = 1000
     save_every: int = 10_000
     eval_every: int = field(default=0, metadata={"help": "evaluation rollouts every N steps (0 = off)"})

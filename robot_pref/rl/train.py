@@ -73,7 +73,9 @@ def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device):
     else:
         reward = scale_rewards(transition_rewards(ds, cfg.reward_key), cfg.reward_normalize, cfg.reward_scale,
                                cfg.reward_bias)
-    batches = TransitionBatches.from_dataset(ds, lowdim, action, reward, frame_keys, cfg.batch_size, device, cfg.seed)
+    held_out = holdout_episodes(ds.n_episodes, cfg.holdout)
+    batches = TransitionBatches.from_dataset(ds, lowdim, action, reward, frame_keys, cfg.batch_size, device, cfg.seed,
+                                             exclude_episodes=tuple(held_out))
     tasks = sorted(set(ds.episode_table()["task"].tolist()) - {""})
     spec = {
         "algo": cfg.algo, "reward_key": cfg.reward_key, "dataset": ds.path,
@@ -82,8 +84,21 @@ def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device):
         "feature_dim": cfg.image_feature_dim, "image_shift": cfg.image_shift,
         "action_low": low.tolist(), "action_high": high.tolist(),
         "task": ds.env_meta.get("task") or (tasks[0] if tasks else ""), "env_meta": ds.env_meta,
+        "holdout_episodes": held_out,
     }
     return spec, obs_model, batches
+
+
+def holdout_episodes(n_episodes: int, fraction: float) -> list[int]:
+    """Episodes left out of training: drawn with a fixed seed, so every policy and training seed of a dataset
+    leaves out the same ones and their offline scores compare."""
+    if fraction <= 0:
+        return []
+    k = max(1, round(fraction * n_episodes))
+    if not 0 < fraction < 1 or k >= n_episodes:
+        raise ValueError(f"--holdout {fraction} of {n_episodes} episodes leaves nothing to train on; use a "
+                         "fraction in (0, 1) that keeps at least one episode")
+    return sorted(int(e) for e in np.random.default_rng(0).choice(n_episodes, k, replace=False))
 
 
 def make_learner(cfg: TrainConfig, obs_model: ObsModel, act_dim: int) -> Learner:
