@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 
 from robot_pref.rl.learner import Learner, ObsModel, cosine
 from robot_pref.rl.networks import Actor, TwinQ, ValueNet
@@ -25,7 +26,7 @@ from robot_pref.rl.networks import Actor, TwinQ, ValueNet
 
 def expectile_loss(u: torch.Tensor, tau: float) -> torch.Tensor:
     """L_2^tau(u) = |tau - 1(u < 0)| * u^2, elementwise."""
-    return torch.abs(tau - (u < 0).float()) * u**2
+    return torch.where(u < 0, 1.0 - tau, tau) * u.square()
 
 
 class IQL(Learner):
@@ -50,8 +51,9 @@ class IQL(Learner):
         a, r, d = batch["action"], batch["reward"], batch["done"]
         with torch.no_grad():
             s_next = self.obs_model(batch["next_obs"], generator)
-            q_hat = self.q_target(s, a).min(0).values  # min_i Qhat_i(s, a)
+            q_hat = self.q_target(s, a).amin(0)  # min_i Qhat_i(s, a)
             next_v = self.v(s_next)  # V_psi(s')
+            q_target = torch.addcmul(r, 1.0 - d, next_v, value=self.gamma)  # r + gamma (1 - d) V(s')
 
         # L_V: expectile regression of V(s) towards the target critics' Q(s, a)
         v = self.v(s)
@@ -59,9 +61,8 @@ class IQL(Learner):
         v_loss = expectile_loss(adv, self.expectile).mean()
 
         # L_Q: one-step TD towards r + gamma V(s'), no bootstrapping through terminals
-        q_target = r + self.gamma * (1.0 - d) * next_v
         q = self.q(s, a)  # (2, B)
-        q_loss = ((q - q_target) ** 2).mean()  # mean over both critics = CORL's sum / 2
+        q_loss = F.mse_loss(q, q_target.expand_as(q))  # mean over both critics = CORL's sum / 2
 
         # L_pi: advantage-weighted regression with exp(beta A) clipped at w_max
         weight = torch.exp(self.beta * adv.detach()).clamp(max=self.max_weight)
