@@ -59,7 +59,7 @@ def test_episode_layout_and_reproducibility(lift):
 
 
 def collect(out, *args, horizon=60):
-    return main(["collect", "--task", "lift", "--out", str(out), "--horizon", str(horizon), *args])
+    return main(["collect", "--task", "lift", "--out", str(out), "--horizon", str(horizon), "--workers", "1", *args])
 
 
 def test_collect_cli_writes_tiers_frames_and_appends(tmp_path, capsys):
