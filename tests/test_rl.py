@@ -17,7 +17,7 @@ from robot_pref.rl.bc import BC
 from robot_pref.rl.checkpoint import build_obs_model, load_checkpoint
 from robot_pref.rl.iql import IQL, expectile_loss
 from robot_pref.rl.learner import Learner, ObsModel
-from robot_pref.rl.networks import EnsembleLinear, TwinQ
+from robot_pref.rl.networks import Actor, EnsembleLinear, TwinQ
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -96,6 +96,36 @@ def test_fused_twin_q_equals_two_separate_critics():
         torch.testing.assert_close(q(s, a)[i], x.squeeze(-1))
     h = torch.randn(2, 7, 16)  # the CPU per-member path equals the batched (CUDA) one
     torch.testing.assert_close(layers[1](h), torch.baddbmm(layers[1].bias, h, layers[1].weight))
+
+
+def test_fused_twin_q_gradients_equal_two_separate_critics():
+    """The ensemble's backward (stride-0 expanded input, baddbmm) gives each critic its own gradient."""
+    torch.manual_seed(0)
+    q = TwinQ(5, 2, (16, 16))
+    s, a = torch.randn(7, 5), torch.randn(7, 2)
+    layers = [m for m in q.net if isinstance(m, EnsembleLinear)]
+    (q(s, a) * torch.tensor([[1.0], [-2.0]])).sum().backward()  # different upstream gradient per member
+    for i, scale in enumerate((1.0, -2.0)):
+        params = [t.detach()[i].clone().requires_grad_() for layer in layers for t in (layer.weight, layer.bias)]
+        x = torch.cat([s, a], -1)
+        for j in range(len(layers)):
+            x = x @ params[2 * j] + params[2 * j + 1]
+            x = torch.relu(x) if j < len(layers) - 1 else x
+        (scale * x).sum().backward()
+        for layer, (w, b) in zip(layers, zip(params[::2], params[1::2])):
+            torch.testing.assert_close(layer.weight.grad[i], w.grad)
+            torch.testing.assert_close(layer.bias.grad[i], b.grad)
+
+
+def test_gaussian_actor_nll_equals_normal_log_prob():
+    torch.manual_seed(0)
+    actor = Actor(4, 3, (16,))
+    with torch.no_grad():
+        actor.log_std.copy_(torch.tensor([-7.0, 0.3, 2.5]))  # below and above the clamp [-5, 2]
+    s, a = torch.randn(9, 4), torch.rand(9, 3) * 2 - 1
+    std = torch.exp(torch.tensor([-5.0, 0.3, 2.0]))
+    expected = -torch.distributions.Normal(actor(s), std).log_prob(a).sum(-1)
+    torch.testing.assert_close(actor.nll(s, a), expected)
 
 
 # ----------------------------------------------------------------------------- value learning
