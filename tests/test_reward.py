@@ -391,3 +391,32 @@ def test_relabel_with_ray_actors_matches_in_process(trained, dataset, ray_sessio
                           device="cpu"))
     ds = TrajectoryDataset.open(dataset.path)
     np.testing.assert_allclose(ds.get("rewards/ray"), model.predict(ds.get(f"frames/{KEY}")), atol=1e-5)
+
+
+@pytest.mark.parametrize("augment", ["shift", "crop"])
+def test_augmentation_is_replicate_pad_then_crop_by_its_definition(augment):
+    """The index-clamp gather equals padding each image by replication and cropping it at the drawn offset."""
+    import torch.nn.functional as F
+
+    from robot_pref.reward.models import ModelSpec, RewardModel
+
+    spec = ModelSpec(height=60, width=64, ensemble=1, augment=augment, pad=3, crop=52)
+    model = RewardModel(spec, seed=0)
+    x = torch.randint(0, 256, (50, 3, 60, 64), dtype=torch.uint8)
+    pad = spec.pad if augment == "shift" else 0
+    padded = F.pad(x.float(), (pad,) * 4, mode="replicate") if pad else x.float()
+    h, w = spec.input_size
+    torch.manual_seed(7)
+    out = model._augment(x, train=True)
+    torch.manual_seed(7)  # the same draws as the model's
+    oy = torch.randint(0, padded.shape[-2] - h + 1, (50,))
+    ox = torch.randint(0, padded.shape[-1] - w + 1, (50,))
+    assert len(set(zip(oy.tolist(), ox.tolist()))) > 10  # the offsets really vary
+    expected = torch.stack([padded[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(50)])
+    assert out.dtype == torch.uint8 and torch.equal(out.float(), expected)
+    test_time = model._augment(x, train=False)
+    if augment == "shift":
+        assert test_time is x
+    else:
+        cy, cx = (60 - h) // 2, (64 - w) // 2
+        assert torch.equal(test_time, x[:, :, cy:cy + h, cx:cx + w])
