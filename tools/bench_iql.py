@@ -166,6 +166,10 @@ def rate(fn, n, device):
     return n / (time.perf_counter() - t)
 
 
+def load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -187,8 +191,7 @@ def main():
         parser.error("--cuda-graph needs --device cuda")
     torch.manual_seed(0)
     np.random.seed(0)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"device {device}  threads {torch.get_num_threads()}  load average {load:.1f}  torch {torch.__version__}  "
+    print(f"device {device}  threads {torch.get_num_threads()}  load average {load_average():.1f}  torch {torch.__version__}  "
           f"{args.transitions} transitions, batch 256, {args.rounds} rounds x {args.steps} updates\n")
     header = f"{'obs/act':<8}{'contender':<27}{'updates/s':>10}{'x reference':>13}{'% ceiling':>11}{'GFLOP/s':>9}"
     print(header)
@@ -225,6 +228,7 @@ def main():
         for name, r in med.items():
             print(f"{obs_dim}/{act_dim:<5}{name:<27}{r:>10.1f}{r / med['reference (CORL-style)']:>12.2f}x"
                   f"{100 * r / med['matmul ceiling']:>10.0f}%{r * ceiling.flops / 1e9:>9.1f}")
+    print(f"\nload average at the end {load_average():.1f} (a shared machine: compare ratios within one run)")
     if args.image_steps:
         frames = np.random.default_rng(0).integers(0, 256, (2048, 84, 84, 3), dtype=np.uint8)
         obs_dim, act_dim, n = 19, 7, 100_000
