@@ -54,15 +54,17 @@ def evaluate(model: RewardModel, ds: TrajectoryDataset, frame_key: str, val_pair
              eval_frames: int = 20000) -> dict:
     """The numbers every fit reports (see the module docstring)."""
     val = val_pairs.decided
-    r = frame_rewards(model, ds, frame_key, np.concatenate([val.a, val.b]))
+    clips = np.concatenate([val.a, val.b]).reshape(2 * len(val), -1)  # (2N, S): a frame is a clip of one
+    r = frame_rewards(model, ds, frame_key, clips.ravel()).reshape(clips.shape).sum(-1)
     ra, rb = r[: len(val)], r[len(val) :]
     report: dict = {"val_decided_pairs": len(val),
                     "val_accuracy": float(np.mean((rb > ra) == (val.y > 0.5))) if len(val) else None}
     if not ds.has_ground_truth("reward"):
         return report
     true = ds.ground_truth("reward")
-    strict = true[val.a] != true[val.b]
-    true_b_better = true[val.b] > true[val.a]
+    true_a, true_b = (true[c.reshape(len(val), -1)].sum(-1) for c in (val.a, val.b))  # segment returns
+    strict = true_a != true_b
+    true_b_better = true_b > true_a
     report["val_true_order_pairs"] = int(strict.sum())
 
     def agreement(b_better: np.ndarray) -> float | None:

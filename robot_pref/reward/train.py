@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from typing import Any
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +33,10 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------- labels
 @dataclass
 class Pairs:
-    """Labeled pairs as training targets: y = P(b better) = 0 (a better), 1 (b better), 0.5 (tie)."""
+    """Labeled pairs as training targets: y = P(b better) = 0 (a better), 1 (b better), 0.5 (tie).
+
+    ``a``/``b``: frame indices (N,) from `make_pairs`, or (N, S) clips once `fit` expands each side to the
+    segment the labeler was shown; a clip scores the sum of its frames' rewards."""
 
     a: np.ndarray
     b: np.ndarray
@@ -117,6 +121,15 @@ def preference_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, label
     return -(y * log_p_b + (1 - y) * log_p_a).mean(-1)
 
 
+def clip_rewards(model: RewardModel, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """Rewards (K, N) of N clips ``x`` ((N, S, *input) shared, or (K, N, S, *input) per member) as the sum of
+    their S frames' rewards, the B-Pref / Preference Transformer segment return; a frame is a clip of one."""
+    axis = x.ndim - (3 if model.image_input else 1) - 1  # the clip axis, before the per-frame input dims
+    n, s = x.shape[axis - 1], x.shape[axis]
+    r = model(x.reshape(x.shape[: axis - 1] + (n * s,) + x.shape[axis + 1 :]), **kwargs)  # (K, N*S)
+    return r.view(r.shape[0], n, s).sum(-1)
+
+
 @torch.no_grad()
 def pair_rewards(model: RewardModel, inputs: InputCache, pairs: Pairs,
                  batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,8 +138,8 @@ def pair_rewards(model: RewardModel, inputs: InputCache, pairs: Pairs,
     ra, rb = [], []
     for i in range(0, len(pairs), batch_size):
         with autocast(model.device):
-            ra.append(model(inputs(pairs.a[i : i + batch_size])).cpu())
-            rb.append(model(inputs(pairs.b[i : i + batch_size])).cpu())
+            ra.append(clip_rewards(model, inputs(pairs.a[i : i + batch_size])).cpu())
+            rb.append(clip_rewards(model, inputs(pairs.b[i : i + batch_size])).cpu())
     k = model.spec.ensemble
     cat = lambda xs: torch.cat(xs, 1) if xs else torch.zeros(k, 0)  # noqa: E731
     return cat(ra), cat(rb)
@@ -171,9 +184,9 @@ def train(model: RewardModel, inputs: InputCache, train_pairs: Pairs, val_pairs:
         t0, losses = time.perf_counter(), []
         for s in range(steps):
             idx = order[:, s * batch : (s + 1) * batch]  # (K, B): member k's minibatch
-            x = torch.cat([inputs(train_pairs.a[idx]), inputs(train_pairs.b[idx])], dim=1)  # (K, 2B, ...)
+            x = torch.cat([inputs(train_pairs.a[idx]), inputs(train_pairs.b[idx])], dim=1)  # (K, 2B, S, ...)
             with autocast(device):
-                r = model(x, per_member=True, augment=True)  # (K, 2B)
+                r = clip_rewards(model, x, per_member=True, augment=True)  # (K, 2B)
             loss = preference_loss(r[:, :batch], r[:, batch:], y_all[idx].to(device), cfg.label_noise).sum()
             loss = loss + cfg.output_l2 * r.square().mean(-1).sum()  # BT is shift-invariant: pin r near 0
             opt.zero_grad(set_to_none=True)
@@ -253,18 +266,25 @@ def usable_pairs_warning(counts: dict[str, int], min_pairs: int) -> str | None:
 
 
 def fit(ds: TrajectoryDataset, index_a, index_b, label, cfg: FitRewardConfig, progress: bool = True,
-        tracker: Tracker | None = None, failed: int = 0) -> tuple[RewardModel, dict]:
+        tracker: Tracker | None = None, failed: int = 0, segment: int = 1,
+        segment_stride: int = 1) -> tuple[RewardModel, dict]:
     """Split, train and evaluate a reward ensemble on labeled pairs of ``ds``. Returns (model, report);
-    ``failed`` (pairs that got no label: failed, unparsable, skipped) only enters the warnings."""
+    ``failed`` (pairs that got no label: failed, unparsable, skipped) only enters the warnings. With
+    ``segment`` > 1 each labeled index stands for the clip of that many frames ending at it (every
+    ``segment_stride`` steps, as the labeler was shown), scored as the sum of its frames' rewards."""
+    from robot_pref.feedback.labelers import clip_indices
     from robot_pref.reward.evaluation import evaluate
 
-    check_rendered(ds, cfg.camera, np.concatenate([index_a, index_b]))
     pairs = make_pairs(index_a, index_b, label, cfg.ties)
+    clip = lambda index: clip_indices(ds, index, segment, segment_stride)  # noqa: E731  (N,) -> (N, segment)
+    pairs = Pairs(clip(pairs.a), clip(pairs.b), pairs.y)
+    check_rendered(ds, cfg.camera, np.concatenate([pairs.a.ravel(), pairs.b.ravel()]))
     label = np.asarray(label)
-    counts = {"labels": int(len(label)), "ties": int((label == -1).sum()), "failed": int(failed)}
+    counts = {"labels": int(len(label)), "ties": int((label == -1).sum()), "failed": int(failed),
+              "segment": int(segment)}
     train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
     model = build_model(cfg, ds)
-    inputs = InputCache(model, ds, cfg.camera, np.concatenate([pairs.a, pairs.b]), cfg.cache_mb)
+    inputs = InputCache(model, ds, cfg.camera, np.concatenate([pairs.a.ravel(), pairs.b.ravel()]), cfg.cache_mb)
     counts.update(train_pairs=len(train_pairs), val_pairs=len(val_pairs))
     warnings = [w for w in [usable_pairs_warning(counts, cfg.min_pairs)] if w]
     for warning in warnings:  # before training: the training may fail on too few pairs
@@ -287,10 +307,12 @@ def fit_reward(cfg: FitRewardConfig) -> dict:
     ds = TrajectoryDataset.open(cfg.dataset)
     labels = load_labels(cfg.labels)
     run_file = Path(cfg.labels) / "label_run.json"  # the label run's counts: failed answers are not labels
-    label_counts = json.loads(run_file.read_text()).get("counts", {}) if run_file.is_file() else {}
+    label_run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    label_counts, shown = label_run.get("counts", {}), label_run.get("settings", {})  # what the labeler was shown
     with open_tracker(cfg.log, out, out.name, asdict(cfg)) as tracker:
         model, report = fit(ds, labels.index_a, labels.index_b, labels.label, cfg, tracker=tracker,
-                            failed=sum(int(label_counts.get(k, 0)) for k in ("failed", "unparsable", "skipped")))
+                            failed=sum(int(label_counts.get(k, 0)) for k in ("failed", "unparsable", "skipped")),
+                            segment=int(shown.get("segment", 1)), segment_stride=int(shown.get("segment_stride", 1)))
         save_reward_model(model, out)
         report["plot"] = plot_episodes(model, ds, cfg.camera, out / "eval.png")
         tracker.scalars({f"eval/{k}": report[k] for k in ("val_accuracy", "val_true_order_accuracy", "spearman",
