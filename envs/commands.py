@@ -8,7 +8,7 @@ from typing import Literal
 
 @dataclass
 class CollectConfig:
-    task: str = field(default="lift", metadata={"help": "task name: lift, stack or door"})
+    task: str = field(default="lift", metadata={"help": "task name: lift, stack, door or cloth_fold"})
     tier: Literal["mixed", "expert", "medium", "random"] = field(
         default="mixed", metadata={"help": "collector quality; mixed cycles expert, medium, random"})
     episodes: int = field(default=30, metadata={"help": "number of episodes to add"})
