@@ -216,15 +216,6 @@ class ClothEnv(TaskEnv):
     def get_state(self) -> np.ndarray:
         return np.append(super().get_state(), float(self._env.held))
 
-    def set_state(self, state: np.ndarray) -> np.ndarray:
-        state = np.asarray(state, np.float64).reshape(-1)
-        if state.shape[0] != self.state_dim:
-            raise ValueError(
-                f"state has {state.shape[0]} values, {self.task.name} expects {self.state_dim}; "
-                "was it saved from another task or cloth grid size? (check dataset attrs['env'])"
-            )
+    def _restore(self, state: np.ndarray) -> None:
         self._env.sim.set_state_from_flattened(state[:-1])
         self._env.attach(int(state[-1]))
-        self._env.sim.forward()
-        self._last_obs = self._observe(self._env._get_observations(force_update=True))
-        return self._last_obs

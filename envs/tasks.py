@@ -274,16 +274,20 @@ class TaskEnv:
         if state.shape[0] != self.state_dim:
             raise ValueError(
                 f"state has {state.shape[0]} values, {self.task.name} expects {self.state_dim}; "
-                "was it saved from another task or robosuite version? (check dataset attrs['env'])"
+                "was it saved from another task, robosuite version or cloth grid size? (check dataset attrs['env'])"
             )
+        self._restore(state)
+        self._env.sim.forward()
+        self._last_obs = self._observe(self._env._get_observations(force_update=True))
+        return self._last_obs
+
+    def _restore(self, state: np.ndarray) -> None:
+        """Write a size-checked saved state into the simulator; a task saving more overrides this."""
         n = state.shape[0] - 7 * len(self._placed)
         self._env.sim.set_state_from_flattened(state[:n])
         model = self._env.sim.model._model
         for b, pose in zip(self._placed, state[n:].reshape(-1, 7)):
             model.body_pos[b], model.body_quat[b] = pose[:3], pose[3:]
-        self._env.sim.forward()
-        self._last_obs = self._observe(self._env._get_observations(force_update=True))
-        return self._last_obs
 
     # ------------------------------------------------------------------ rendering
     def render(self, camera: str, height: int, width: int, options: RenderOptions | None = None) -> np.ndarray:

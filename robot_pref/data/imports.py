@@ -1,4 +1,5 @@
-"""What every importer of other tools' files shares: the reward shift and resumable output.
+"""What every importer and exporter of other tools' files shares: the reward shift, resumable output,
+and the checks before an export writes anything.
 
 An import writes one episode at a time through `TrajectoryDataset.append_episode` (episode-atomic),
 and records what it reads in ``attrs["env"]["import"]``. Running the same import again on the same
@@ -55,3 +56,29 @@ def check_resumed(ds: TrajectoryDataset, lengths: list[int], what: str) -> int:
         raise DatasetError(f"{ds.path} holds {len(have)} episodes whose lengths differ from {what}'s; "
                            "the source changed since the import began: import again with --overwrite")
     return len(have)
+
+
+def open_export(dataset: str, out: str, overwrite: bool, example: str) -> tuple[TrajectoryDataset, Path]:
+    """The store to export and the output path, after the checks that must pass before anything is written;
+    ``example`` is the command line shown when an argument is missing."""
+    if not dataset or not out:
+        raise ValueError(f"give --dataset and --out, e.g. `{example}`")
+    ds = TrajectoryDataset.open(dataset)
+    if Path(out).exists() and not overwrite:
+        raise DatasetError(f"{out} already exists; choose another --out, or pass --overwrite to replace it")
+    return ds, Path(out)
+
+
+def export_reward(ds: TrajectoryDataset, key: str) -> np.ndarray | None:
+    """The per-frame reward to export: ``rewards/<key>``, the ground truth for ``true``, None for no key."""
+    if not key:
+        return None
+    if key == "true":
+        return ds.ground_truth("reward")
+    if key not in ds.reward_keys:
+        raise DatasetError(f"{ds.path} has no reward {key!r} (it has {ds.reward_keys or 'none'}; 'true' is the "
+                           f"ground truth); write one with `robot-pref relabel --key {key}`")
+    reward = ds.get(f"rewards/{key}")
+    if np.isnan(reward).any():
+        raise DatasetError(f"rewards/{key} of {ds.path} has unwritten (NaN) rows; finish `robot-pref relabel` first")
+    return reward

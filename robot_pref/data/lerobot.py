@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from robot_pref.data.dataset import DatasetError, Episode, frame_key
-from robot_pref.data.imports import check_resumed, open_import, shift_next
+from robot_pref.data.imports import check_resumed, export_reward, open_export, open_import, shift_next
 
 VERSIONS = ("v2.0", "v2.1", "v3.0")
 STATE_KEYS = ("observation.state", "observation.environment_state")
@@ -446,29 +446,11 @@ def export_lerobot(cfg) -> dict[str, Any]:
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    from robot_pref.data.dataset import TrajectoryDataset
-
-    if not cfg.dataset or not cfg.out:
-        raise ValueError("give --dataset and --out, e.g. `robot-pref export-lerobot --dataset data/real.zarr "
-                         "--out exports/real_lerobot --reward-key learned`")
-    ds = TrajectoryDataset.open(cfg.dataset)
-    out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise DatasetError(f"{out} already exists; choose another --out, or pass --overwrite to replace it")
+    ds, out = open_export(cfg.dataset, cfg.out, cfg.overwrite, "robot-pref export-lerobot --dataset data/real.zarr "
+                          "--out exports/real_lerobot --reward-key learned")
     if ds.n_episodes == 0:
         raise DatasetError(f"{cfg.dataset} holds no episodes to export")
-    reward = None
-    if cfg.reward_key:
-        if cfg.reward_key == "true":
-            reward = ds.ground_truth("reward")
-        elif cfg.reward_key in ds.reward_keys:
-            reward = ds.get(f"rewards/{cfg.reward_key}")
-        else:
-            raise DatasetError(f"{cfg.dataset} has no reward {cfg.reward_key!r} (it has {ds.reward_keys or 'none'}; "
-                               f"'true' is the ground truth); write one with `robot-pref relabel --key {cfg.reward_key}`")
-        if np.isnan(reward).any():
-            raise DatasetError(f"rewards/{cfg.reward_key} of {cfg.dataset} has unwritten (NaN) rows; finish "
-                               "`robot-pref relabel` first")
+    reward = export_reward(ds, cfg.reward_key)
     cameras = list(cfg.cameras) or [k for k in ds.frame_keys if ds.rendered_episodes(k).all()]
     for key in cameras:
         if key not in ds.frame_keys or not ds.rendered_episodes(key).all():

@@ -40,7 +40,7 @@ import numpy as np
 
 from robot_pref.data.commands import ImportRobomimicConfig
 from robot_pref.data.dataset import DatasetError, Episode, frame_key
-from robot_pref.data.imports import check_resumed, open_import, shift_next
+from robot_pref.data.imports import check_resumed, export_reward, open_export, open_import, shift_next
 
 ROBOMIMIC_LOW_DIM = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
 QUALITY_KEYS = ("better", "okay", "worse")  # robomimic's multi-human (MH) quality filter keys
@@ -194,26 +194,10 @@ def export_robomimic(cfg) -> dict[str, Any]:
     import h5py
     from tqdm import tqdm
 
-    from robot_pref.data.dataset import TrajectoryDataset
-
-    if not cfg.dataset or not cfg.out:
-        raise ValueError("give --dataset and --out, e.g. `robot-pref export-robomimic --dataset data/lift.zarr "
-                         "--out exports/lift.hdf5 --reward-key learned`")
-    ds = TrajectoryDataset.open(cfg.dataset)
-    out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise DatasetError(f"{out} already exists; choose another --out, or pass --overwrite to replace it")
-    if cfg.reward_key == "true":
-        reward = ds.ground_truth("reward")
-    elif cfg.reward_key:
-        if cfg.reward_key not in ds.reward_keys:
-            raise DatasetError(f"{cfg.dataset} has no reward {cfg.reward_key!r} (it has {ds.reward_keys or 'none'}; "
-                               f"'true' is the ground truth); write one with `robot-pref relabel --key {cfg.reward_key}`")
-        reward = ds.get(f"rewards/{cfg.reward_key}")
-        if np.isnan(reward).any():
-            raise DatasetError(f"rewards/{cfg.reward_key} of {cfg.dataset} has unwritten (NaN) rows; finish "
-                               "`robot-pref relabel` first")
-    else:
+    ds, out = open_export(cfg.dataset, cfg.out, cfg.overwrite, "robot-pref export-robomimic --dataset data/lift.zarr "
+                          "--out exports/lift.hdf5 --reward-key learned")
+    reward = export_reward(ds, cfg.reward_key)
+    if reward is None:
         reward = np.zeros(ds.n_frames, np.float32)
     cameras = list(cfg.cameras) or [k for k in ds.frame_keys if ds.rendered_episodes(k).all()]
     names = {}
