@@ -93,12 +93,46 @@ class ReplayConfig:
     path: str = field(default="", metadata={"help": "recorded labels: .npz / .json / .csv with indices_1, indices_2, labels"})
 
 
+def human_teacher() -> TeacherConfig:
+    """The simulated person standing in for a human: a better teacher than the VLM (2% mistakes)."""
+    return TeacherConfig(kind="mistake", eps=0.02)
+
+
+@dataclass
+class HybridConfig:
+    """``--labeler hybrid``: a machine labeler answers every pair, a router sends its weak spots to people.
+
+    The human budget is the smallest of the limits set: a count, a share of the pairs, minutes of
+    human time at ``seconds_per_label`` each (0 = that limit unset; at least one must be set).
+    """
+
+    machine: str = field(default="teacher", metadata={
+        "help": "machine labeler kind answering first (vlm | clip | progress | teacher | replay); its settings "
+                "come from its own section (--vlm.*, --teacher.* ...)"})
+    rule: str = field(default="uncertainty", metadata={
+        "help": "routing rule (robot_pref.feedback.hybrid.RULES): uncertainty | abstain | disagreement | random"})
+    human: Literal["queue", "teacher"] = field(default="queue", metadata={
+        "help": "queue: write the routed pairs for `robot-pref label-ui` and merge what people answered so far; "
+                "teacher: a simulated person (--hybrid.teacher.*) answers them now"})
+    budget: int = field(default=0, metadata={"help": "most pairs sent to people (0 = no count limit)"})
+    fraction: float = field(default=0.1, metadata={"help": "most pairs sent to people, as a share of the pairs"})
+    minutes: float = field(default=0.0, metadata={"help": "most human minutes (with --hybrid.seconds-per-label)"})
+    seconds_per_label: float = field(default=6.0, metadata={"help": "estimated human seconds per answer"})
+    reward_model: str = field(default="", metadata={
+        "help": "reward ensemble (fit-reward --out) whose disagreement ranks pairs (disagreement rule; "
+                "uncertainty rule when the machine reports no confidence)"})
+    queue: str = field(default="", metadata={"help": "queue file for label-ui (default: <out>/human_queue.npz)"})
+    overlap: float = field(default=0.0, metadata={
+        "help": "simulated humans: share of routed pairs a second simulated person answers too (agreement)"})
+    teacher: TeacherConfig = field(default_factory=human_teacher)
+
+
 @dataclass
 class LabelConfig:
     dataset: str = field(default="", metadata={"help": "zarr dataset with rendered frames"})
     camera: str = field(default="agentview_84", metadata={"help": "frame key (agentview_84) or camera name"})
     labeler: str = field(default="teacher",
-                         metadata={"help": "vlm | progress | clip | teacher | replay (or a registered type)"})
+                         metadata={"help": "vlm | progress | clip | teacher | replay | hybrid (or a registered type)"})
     pairs: int = field(default=1000, metadata={"help": "number of pairs to label (replay: 0 = all recorded; "
                                                       "progress: rounded up to whole requests)"})
     out: str = field(default="", metadata={"help": "labels directory (beside the dataset, never inside)"})
@@ -117,6 +151,7 @@ class LabelConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
 
 
 @dataclass

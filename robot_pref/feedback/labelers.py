@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from robot_pref.feedback.samplers import resolve
-from robot_pref.feedback.store import Answer
+from robot_pref.feedback.store import Answer, LabelSet, answers_to_label_set
 
 LABELERS: dict[str, type | str] = {
     "vlm": "robot_pref.feedback.vlm:VLMLabeler",
@@ -26,6 +26,7 @@ LABELERS: dict[str, type | str] = {
     "clip": "robot_pref.feedback.clip:ClipLabeler",
     "teacher": "robot_pref.feedback.teacher:TeacherLabeler",
     "replay": "robot_pref.feedback.replay:ReplayLabeler",
+    "hybrid": "robot_pref.feedback.hybrid:HybridLabeler",
 }
 
 
@@ -97,6 +98,10 @@ class Labeler:
 
     async def label(self, queries: list[Query]) -> list[Answer]:
         raise NotImplementedError
+
+    def label_set(self, answers: list[Answer]) -> LabelSet:
+        """The exported table of a run's answers (the hybrid adds its source / person columns)."""
+        return answers_to_label_set(answers)
 
     def fixed_pairs(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Pairs this labeler must be asked about (replay), or None to use the sampler."""

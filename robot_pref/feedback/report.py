@@ -14,6 +14,7 @@ import numpy as np
 
 from robot_pref.data.dataset import TrajectoryDataset
 from robot_pref.feedback.config import LabelReportConfig
+from robot_pref.feedback.hybrid import HUMAN_DIR
 from robot_pref.feedback.store import LabelSet, load_labels
 
 TRUTH_NAMES = {0: "a_better", 1: "b_better", -1: "tie"}
@@ -25,9 +26,7 @@ def label_quality(labels: LabelSet, reward: np.ndarray, bins: int = 8) -> dict:
         raise ValueError(f"labels index frames up to {max(labels.index_a.max(), labels.index_b.max())}, the dataset "
                          f"has {len(reward)}: these labels belong to another dataset")
     gap = reward[labels.index_b].astype(np.float64) - reward[labels.index_a]
-    truth = np.sign(gap).astype(np.int8)
-    truth[truth == -1] = 0
-    truth[gap == 0] = -1
+    truth = truth_of(labels, reward)
     lab = labels.label
     decided = (lab != -1) & (truth != -1)
     correct = lab == truth
@@ -55,6 +54,71 @@ def label_quality(labels: LabelSet, reward: np.ndarray, bins: int = 8) -> dict:
         "confusion": confusion,
         "by_gap": by_gap,
     }
+
+
+def truth_of(labels: LabelSet, reward: np.ndarray) -> np.ndarray:
+    """The true answer per pair from per-frame reward: 0 / 1, or -1 for equal rewards."""
+    gap = reward[labels.index_b].astype(np.float64) - reward[labels.index_a]
+    return np.where(gap > 0, 1, np.where(gap < 0, 0, -1)).astype(np.int8)
+
+
+def decided_agreement(x: np.ndarray, y: np.ndarray) -> dict:
+    """Share of pairs two answerers gave the same side, over pairs both decided (no tie)."""
+    both = (x != -1) & (y != -1)
+    return {"pairs": int(both.sum()), "agreement": float(np.mean(x[both] == y[both])) if both.any() else None}
+
+
+def source_quality(labels: LabelSet, reward: np.ndarray | None) -> dict:
+    """Per source (machine kind / human): pairs, abstention and, with ground truth, accuracy; on the pairs
+    routed to people, the machine's accuracy beside the people's (what routing bought)."""
+    source = labels.extra["source"]
+    truth = None if reward is None else truth_of(labels, reward)
+    out: dict = {}
+    for name in sorted(set(source.tolist())):
+        sel = source == name
+        row = {"pairs": int(sel.sum()), "abstention_rate": float(np.mean(labels.label[sel] == -1))}
+        if truth is not None:
+            row.update(accuracy_of(labels.label[sel], truth[sel]))
+        out[name] = row
+    machine = labels.extra.get("machine_label")
+    routed = labels.extra.get("route", np.zeros(0, dtype="U1")) != ""
+    if truth is not None and machine is not None and routed.any():
+        human = routed & (source == "human")
+        out["routed"] = {"pairs": int(routed.sum()), "answered_by_people": int(human.sum()),
+                         "machine": accuracy_of(machine[human], truth[human]),
+                         "people": accuracy_of(labels.label[human], truth[human])}
+    return out
+
+
+def accuracy_of(label: np.ndarray, truth: np.ndarray) -> dict:
+    decided = (label >= 0) & (truth != -1)
+    return {"accuracy": float(np.mean(label[decided] == truth[decided])) if decided.any() else None,
+            "accuracy_pairs": int(decided.sum())}
+
+
+def human_agreement(labels: LabelSet, human: LabelSet | None) -> dict:
+    """Human-human agreement (pairs two people answered, from the hybrid's human/ table) and
+    human-machine agreement (pairs a person answered that the machine had labeled)."""
+    out: dict = {}
+    if "machine_label" in labels.extra:
+        sel = labels.extra["source"] == "human"
+        out["human_machine"] = decided_agreement(labels.label[sel], labels.extra["machine_label"][sel])
+    if human is not None and len(human):
+        by_pair: dict = {}
+        for a, b, lab, person in zip(human.index_a.tolist(), human.index_b.tolist(), human.label.tolist(),
+                                     human.extra["person"].tolist()):
+            by_pair.setdefault((a, b), {})[person] = lab
+        x, y = [], []
+        for answers in by_pair.values():  # every two people on one pair
+            votes = list(answers.values())
+            for i in range(len(votes)):
+                for j in range(i + 1, len(votes)):
+                    x.append(votes[i])
+                    y.append(votes[j])
+        out["human_human"] = {**decided_agreement(np.asarray(x, dtype=np.int8), np.asarray(y, dtype=np.int8)),
+                              "pairs_with_several_people": int(sum(len(v) > 1 for v in by_pair.values())),
+                              "people": sorted(set(human.extra["person"].tolist()))}
+    return out
 
 
 def cost_summary(labels: LabelSet) -> dict:
@@ -103,21 +167,38 @@ def _pct(x):
 
 
 def label_report(cfg: LabelReportConfig) -> dict:
+    """Quality vs ground truth; for hybrid labels also per-source accuracy and human agreement (which need
+    no ground truth: a real-robot hybrid run reports agreement only)."""
     ds = TrajectoryDataset.open(cfg.dataset)
-    if not ds.has_ground_truth("reward"):
+    labels = load_labels(cfg.labels)
+    sourced = "source" in labels.extra
+    if not ds.has_ground_truth("reward") and not sourced:
         raise ValueError(f"{cfg.dataset} has no ground-truth reward, so label accuracy cannot be measured; "
                          "report on a simulated dataset (robot-pref collect)")
-    labels = load_labels(cfg.labels)
+    reward = ds.ground_truth("reward") if ds.has_ground_truth("reward") else None
     run_file = Path(cfg.labels) / "label_run.json"
     run = json.loads(run_file.read_text()) if run_file.is_file() else {}
     report = {"dataset": str(cfg.dataset), "labels": str(cfg.labels), "labeler": run.get("labeler", "?"),
-              "run_counts": run.get("counts", {}),
-              "quality": label_quality(labels, ds.ground_truth("reward"), cfg.bins), "cost": cost_summary(labels)}
+              "run_counts": run.get("counts", {}), "cost": cost_summary(labels)}
+    if reward is not None:
+        report["quality"] = label_quality(labels, reward, cfg.bins)
+    if sourced:
+        human_dir = Path(cfg.labels) / HUMAN_DIR
+        human = load_labels(human_dir) if (human_dir / "labels.npz").is_file() else None
+        report["sources"] = source_quality(labels, reward)
+        report["agreement"] = human_agreement(labels, human)
     out = Path(cfg.out or cfg.labels)
     out.mkdir(parents=True, exist_ok=True)
     (out / "label_report.json").write_text(json.dumps(report, indent=2))
-    plot_report(report, out / "label_report.png")
-    q = report["quality"]
-    print(f"{report['labeler']}: {q['pairs']} pairs, accuracy {_pct(q['accuracy'])} over {q['accuracy_pairs']} "
-          f"non-abstained, abstention {_pct(q['abstention_rate'])} -> {out / 'label_report.json'}")
+    if reward is not None:
+        plot_report(report, out / "label_report.png")
+        q = report["quality"]
+        print(f"{report['labeler']}: {q['pairs']} pairs, accuracy {_pct(q['accuracy'])} over {q['accuracy_pairs']} "
+              f"non-abstained, abstention {_pct(q['abstention_rate'])} -> {out / 'label_report.json'}")
+    for name, row in report.get("sources", {}).items():
+        if name != "routed":
+            print(f"  {name}: {row['pairs']} pairs, accuracy {_pct(row.get('accuracy'))}, "
+                  f"abstention {_pct(row['abstention_rate'])}")
+    for name, row in report.get("agreement", {}).items():
+        print(f"  {name.replace('_', '-')} agreement {_pct(row['agreement'])} over {row['pairs']} pairs")
     return report

@@ -28,7 +28,7 @@ from robot_pref.feedback.config import LabelConfig
 from robot_pref.feedback.labelers import Labeler, Query, clip_indices, labeler_class
 from robot_pref.feedback.samplers import make_sampler
 from robot_pref.feedback.store import (FAILED, LABEL_STATUSES, MAX_TRIES, SKIPPED, STORE_NAME, UNPARSABLE, Answer,
-                                       LabelStore, answers_to_label_set)
+                                       LabelStore)
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 512  # pairs whose frames are read and hashed at once
@@ -259,7 +259,7 @@ def label(cfg: LabelConfig) -> dict:
         bar.close()
         if "pairs" in counts:  # the work was planned: export what this run holds (also when interrupted)
             done = [a for a in results if a is not None and a.status in LABEL_STATUSES]
-            answers_to_label_set(done).save(out)
+            labeler.label_set(done).save(out)
             counts.update({"labels": len(done), "not_asked": counts["pairs"] - sum(a is not None for a in results)})
             summary = {"dataset": str(cfg.dataset), "dataset_identity": ds.identity, "out": str(out),
                        "labeler": cls.type, "frame_key": frame_key,
