@@ -9,8 +9,10 @@ def register(sub) -> None:
     from robot_pref.config import add_command
 
     add_command(sub, "label", LabelConfig, "robot_pref.feedback.run:label",
-                help="Ask a labeler (vlm, progress, clip, teacher, replay) which of two frames better achieves the goal")
+                help="Ask a labeler (vlm, progress, clip, teacher, replay; hybrid: a machine first, people on its "
+                     "weak spots) which of two frames better achieves the goal")
     add_command(sub, "label-report", LabelReportConfig, "robot_pref.feedback.report:label_report",
-                help="Label accuracy vs the true reward, abstention, confusion, cost/latency (JSON + PNG)")
+                help="Label accuracy vs the true reward, abstention, confusion, cost/latency; hybrid labels: "
+                     "per-source accuracy, human-human and human-machine agreement (JSON + PNG)")
     add_command(sub, "label-audit", LabelAuditConfig, "robot_pref.feedback.audit:label_audit",
                 help="Run several labelers on the same pairs and compare them against ground truth (JSON + MD + PNG)")
