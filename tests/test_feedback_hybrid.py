@@ -137,6 +137,24 @@ def test_hybrid_merges_people_over_the_machine_and_a_rerun_asks_nobody_twice(squ
     assert more["human_cached"] == 45 and more["human_asked"] == 48 + 24 - 45  # only the new pairs asked
 
 
+def test_people_are_shown_the_machines_segments_and_the_run_records_them(square, tmp_path):
+    from robot_pref.feedback.teacher import segment_returns
+
+    cfg = hybrid_cfg(square, tmp_path / "seg", fraction=0.5)
+    cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, segment=4))
+    label(cfg)
+    run = json.loads((tmp_path / "seg" / "label_run.json").read_text())
+    assert run["settings"]["segment"] == 4 and run["settings"]["machine"] == "teacher"
+    labels = load_labels(tmp_path / "seg")
+    human = labels.extra["source"] == "human"
+    starts = square.episode_starts[square.episode_of(np.arange(square.n_frames))]
+    reward = square.ground_truth("reward").astype(np.float64)
+    ra, _ = segment_returns(reward, starts[labels.index_a], labels.index_a, 4, 1.0)
+    rb, _ = segment_returns(reward, starts[labels.index_b], labels.index_b, 4, 1.0)
+    decided = human & (ra != rb)
+    assert decided.sum() > 40 and np.array_equal(labels.label[decided], (rb > ra)[decided].astype(np.int8))
+
+
 def test_hybrid_rejects_itself_as_machine_and_unknown_rules(square, tmp_path):
     with pytest.raises(ValueError, match="not hybrid itself"):
         label(hybrid_cfg(square, tmp_path / "a", machine="hybrid"))

@@ -209,17 +209,19 @@ class SimulatedHuman(TeacherLabeler):
         return answers
 
 
-def ask_simulated(cfg: LabelConfig, ds, frame_key: str, store, goal: str, pairs, bar,
+def ask_simulated(cfg: LabelConfig, ds, frame_key: str, store, goal: str, pairs, segment: int, bar,
                   counts: collections.Counter) -> list[Answer]:
-    """Simulated people answer the routed pairs through the store (a second person answers the first
-    ``--hybrid.overlap`` share too); returns their answers, one per person and pair."""
+    """Simulated people answer the routed pairs through the store, judging ``segment``-frame clips like the
+    machine (a second person answers the first ``--hybrid.overlap`` share too); returns their answers,
+    one per person and pair."""
     from robot_pref.feedback.run import label_pairs
 
     h = cfg.hybrid
-    people = [("simulated-1", h.teacher, pairs)]
+    teacher = dataclasses.replace(h.teacher, segment=segment)
+    people = [("simulated-1", teacher, pairs)]
     if h.overlap > 0:
         k = int(round(h.overlap * len(pairs[0])))
-        people.append(("simulated-2", dataclasses.replace(h.teacher, seed=h.teacher.seed + 1),
+        people.append(("simulated-2", dataclasses.replace(teacher, seed=teacher.seed + 1),
                        (pairs[0][:k], pairs[1][:k])))
     rows: list[Answer] = []
     for person, teacher, asked in people:
@@ -233,7 +235,7 @@ def ask_simulated(cfg: LabelConfig, ds, frame_key: str, store, goal: str, pairs,
     return rows
 
 
-def ask_queue(cfg: LabelConfig, ds, frame_key: str, out: Path, goal: str, pairs, reasons, machine: Labeler
+def ask_queue(cfg: LabelConfig, ds, frame_key: str, out: Path, goal: str, pairs, reasons, shown: Labeler
               ) -> list[Answer]:
     """Write the routed pairs as the label-ui queue and read back what people answered so far."""
     try:
@@ -243,7 +245,7 @@ def ask_queue(cfg: LabelConfig, ds, frame_key: str, out: Path, goal: str, pairs,
                          "or simulate people with --hybrid.human teacher") from err
     path = Path(cfg.hybrid.queue) if cfg.hybrid.queue else out / QUEUE_NAME
     write_queue(path, list(zip(pairs[0].tolist(), pairs[1].tolist())), goal=goal, camera=frame_key,
-                dataset_identity=ds.identity, segment=machine.segment, segment_stride=machine.segment_stride,
+                dataset_identity=ds.identity, segment=shown.segment, segment_stride=shown.segment_stride,
                 reasons=[str(r) for r in reasons])
     log.info("human queue: %d pairs -> %s (answer them with `robot-pref label-ui --dataset %s --labels %s "
              "--queue %s`, then rerun to merge)", len(pairs[0]), path, cfg.dataset, out, path)
@@ -295,18 +297,26 @@ class HybridLabeler(Labeler):
         labeler_class(cfg.machine)  # unknown kinds and rules fail before anything is asked
         resolve(RULES, cfg.rule, "routing rule")
 
+    def bind(self, run_cfg: LabelConfig) -> None:
+        cls = labeler_class(self.cfg.machine)
+        self.section = getattr(run_cfg, cls.section or self.cfg.machine, None)
+        self.kwargs = cls.actor_kwargs(self.section, max(1, run_cfg.workers))
+        self.machine = cls(self.section, self.goal, dataset=self.dataset, **self.kwargs)
+        shown = self.machine.settings()  # people are shown what the machine was: frames or clips
+        self.segment, self.segment_stride = int(shown.get("segment", 1)), int(shown.get("segment_stride", 1))
+        if self.cfg.human == "teacher" and self.segment_stride > 1:
+            raise ValueError(f"the simulated person (a teacher) judges contiguous segments, the machine was shown "
+                             f"clips every {self.segment_stride} steps; use segment_stride 1 or --hybrid.human queue")
+
     def settings(self) -> dict:
-        return {"hybrid": dataclasses.asdict(self.cfg)}
+        """The machine's settings at the top level (fit-reward reads segment / segment_stride there)."""
+        return {**self.machine.settings(), "machine": self.machine.type, "hybrid": dataclasses.asdict(self.cfg)}
 
     def run(self, cfg: LabelConfig, ds, frame_key: str, store, counts, results: list, bar) -> None:
         """Machine pass, routing, human pass; rewrites ``results`` into the merged answers."""
         from robot_pref.feedback.run import label_pairs
 
-        h = self.cfg
-        cls = labeler_class(h.machine)
-        section = getattr(cfg, cls.section or h.machine, None)
-        kwargs = cls.actor_kwargs(section, max(1, cfg.workers))
-        machine = cls(section, self.goal, dataset=ds, **kwargs)
+        h, machine, section, kwargs = self.cfg, self.machine, self.section, self.kwargs
         bar.set_description(f"label[hybrid: {h.machine}]")
         if machine.run is not None:
             machine.run(cfg, ds, frame_key, store, counts, results, bar)
@@ -327,9 +337,9 @@ class HybridLabeler(Labeler):
 
         bar.set_description(f"label[hybrid: {h.human}]")
         if h.human == "teacher":
-            rows = ask_simulated(cfg, ds, frame_key, store, self.goal, pairs, bar, counts)
+            rows = ask_simulated(cfg, ds, frame_key, store, self.goal, pairs, self.segment, bar, counts)
         else:
-            rows = ask_queue(cfg, ds, frame_key, Path(store.path).parent, self.goal, pairs, reasons[chosen], machine)
+            rows = ask_queue(cfg, ds, frame_key, Path(store.path).parent, self.goal, pairs, reasons[chosen], self)
         merged, oriented = people_labels(pairs, rows)
         human_table(oriented).save(Path(store.path).parent / HUMAN_DIR)
 

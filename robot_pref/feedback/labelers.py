@@ -99,6 +99,9 @@ class Labeler:
     async def label(self, queries: list[Query]) -> list[Answer]:
         raise NotImplementedError
 
+    def bind(self, run_cfg: Any) -> None:
+        """Read the whole `LabelConfig` of the run before `settings` (the hybrid builds its machine from it)."""
+
     def label_set(self, answers: list[Answer]) -> LabelSet:
         """The exported table of a run's answers (the hybrid adds its source / person columns)."""
         return answers_to_label_set(answers)

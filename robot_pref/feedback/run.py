@@ -241,6 +241,7 @@ def label(cfg: LabelConfig) -> dict:
     section = getattr(cfg, cls.section or cfg.labeler, None)
     kwargs = cls.actor_kwargs(section, max(1, cfg.workers))
     labeler = cls(section, goal, dataset=ds, **kwargs)
+    labeler.bind(cfg)
     out.mkdir(parents=True, exist_ok=True)
     store = LabelStore(out / STORE_NAME)
     settings = {"type": cls.type, "goal": goal, "frame_key": frame_key, **labeler.settings()}
