@@ -69,6 +69,47 @@ def _learning_curves(run_dir: Path, policies: list[str]) -> str | None:
     return out.name
 
 
+def _eval_curves(run_dir: Path, policies: list[str]) -> dict[str, list[dict]]:
+    """Each policy's training-time evaluations (``eval_curve.csv``, written by train with ``eval_every``)."""
+    curves = {}
+    for policy in policies:
+        path = run_dir / "policies" / policy / "eval_curve.csv"
+        if path.exists():
+            with path.open() as fh:
+                rows = [{k: float(v) if k != "step" else int(v) for k, v in r.items() if v not in (None, "")}
+                        for r in csv.DictReader(fh)]
+            if rows:
+                curves[policy] = rows
+    return curves
+
+
+def _success_curves(run_dir: Path, curves: dict[str, list[dict]]) -> str | None:
+    """One PNG: success over training steps per policy, its Wilson 95% CI as a band."""
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for policy, rows in curves.items():
+        steps = [r["step"] for r in rows]
+        line, = ax.plot(steps, [r["success_rate"] for r in rows], marker="o", ms=3, label=policy)
+        ax.fill_between(steps, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], color=line.get_color(),
+                        alpha=0.15, lw=0)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("success (held-out seeds)")
+    ax.set_title("training-time evaluation, Wilson 95% CI", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = run_dir / "success_curves.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out.name
+
+
 def _examples(info: dict, eval_dir: Path, run_dir: Path) -> list[dict]:
     """A success and a failure video of one policy where both were recorded (else the first two recorded)."""
     recorded = [r for r in info.get("per_episode", []) if r.get("video")]
@@ -157,6 +198,7 @@ def write_report(cfg: Any, run_dir: Path, stage_names: list[str]) -> dict:
                         "checkpoint": _checkpoint_note(cfg, stages.get(f"train_{policy}", {}))})
     offline = {p: i for p, i in policies.items() if i.get("offline")}
     notes = trust_warnings(cfg, labels, reward, success)
+    eval_curves = _eval_curves(run_dir, list(cfg.policies))
     report = {
         "name": cfg.name,
         "config": dataclasses.asdict(cfg),
@@ -167,6 +209,7 @@ def write_report(cfg: Any, run_dir: Path, stage_names: list[str]) -> dict:
         "reward": reward,
         "policies": policies,
         "checkpoint": {"name": cfg.checkpoint, "oracle_selection": cfg.checkpoint == "best"},
+        "eval_curves": eval_curves,
         "warnings": notes,
     }
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -186,6 +229,7 @@ def write_report(cfg: Any, run_dir: Path, stage_names: list[str]) -> dict:
         "label_plot": plot(Path(cfg.label.out) / "label_report.png"),
         "reward_plot": plot(Path(cfg.fit_reward.out) / "eval.png"),
         "curves": _learning_curves(run_dir, list(cfg.policies)),
+        "success_curves": _success_curves(run_dir, eval_curves), "eval_curves": eval_curves,
         "stages": [{"name": name, "seconds": s.get("seconds"), "cpu_s": s.get("cpu_s"), "remote": s.get("remote"),
                     "utilisation": s["cpu_s"] / s["seconds"] if s.get("cpu_s") is not None and s.get("seconds")
                     else None} for name, s in stages.items() if s],

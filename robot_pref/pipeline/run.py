@@ -51,7 +51,11 @@ class RunConfig:
         "help": "use this existing dataset instead of collecting one (it is written to: frames, rewards)"})
     address: str | None = field(default=None, metadata={"help": "Ray address (default: RAY_ADDRESS or local)"})
     policies: tuple[str, ...] = field(default=("iql-learned", "iql-true", "bc"), metadata={
-        "help": "policies to train and evaluate: iql-learned, iql-true (oracle), bc"})
+        "help": "policies to train and evaluate: iql-learned, iql-true (oracle), iql-zero and iql-constant (trivial "
+                "rewards: 0, the learned reward's mean), bc, rwbc (reward-weighted BC on the learned reward)"})
+    policy_train: dict[str, dict] = field(default_factory=dict, metadata={
+        "help": "train fields for one policy on top of train, e.g. {bc: {steps: 20000, actor: deterministic}} "
+                "or --set policy_train.bc.steps=20000 (so that no baseline is handicapped by another's settings)"})
     gpus: float = field(default=0.0, metadata={
         "help": "GPUs Ray reserves for each fit_reward / train stage, run as a Ray task on a GPU node (0 = in this "
                 "process, on its CUDA device if it has one)"})
@@ -98,11 +102,41 @@ class RunConfig:
         )
 
 
-POLICIES = {  # name -> (algo, reward key)
+    def train_for(self, policy: str) -> TrainConfig:
+        """``train`` with ``policy_train[policy]`` on top, coerced field by field (errors name the dotted field)."""
+        from robot_pref.config import from_dict
+
+        overrides: dict[str, Any] = {}
+        for key, value in sorted(self.policy_train.items(), key=lambda kv: "." in kv[0]):  # dotted keys last
+            name, _, rest = key.partition(".")
+            if name not in POLICIES:
+                raise ValueError(f"policy_train.{key}: no policy {name!r}; choose from {sorted(POLICIES)}")
+            if name != policy:
+                continue
+            if rest:
+                overrides[rest] = value
+            elif isinstance(value, dict):
+                overrides.update(value)
+            else:
+                raise ValueError(f"policy_train.{name}: expected a mapping of train fields (e.g. {{steps: 20000}}), "
+                                 f"got {value!r}")
+        fixed = sorted(set(overrides) & PIPELINE_TRAIN_FIELDS)
+        if fixed:
+            raise ValueError(f"policy_train.{policy}.{fixed[0]}: set by the pipeline for each policy "
+                             f"({', '.join(sorted(PIPELINE_TRAIN_FIELDS))}); remove it")
+        return from_dict(TrainConfig, {**dataclasses.asdict(self.train), **overrides},
+                         prefix=f"policy_train.{policy}.")
+
+
+POLICIES = {  # name -> (algo, reward key); rewards as robot_pref.rl.batches.transition_rewards reads them
     "iql-learned": ("iql", LEARNED_REWARD_KEY),
     "iql-true": ("iql", "true"),
+    "iql-zero": ("iql", "zero"),  # trivial baselines: no ground truth read (the Offline RL-VLM-F paper's)
+    "iql-constant": ("iql", f"constant:{LEARNED_REWARD_KEY}"),
     "bc": ("bc", ""),
+    "rwbc": ("rwbc", LEARNED_REWARD_KEY),
 }
+PIPELINE_TRAIN_FIELDS = {"dataset", "out", "algo", "reward_key"}  # what policy_train may not set
 
 
 @dataclass
@@ -168,12 +202,14 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
         algo, reward_key = POLICIES[policy]
-        train_cfg = dataclasses.replace(cfg.train, algo=algo, reward_key=reward_key,
+        train_cfg = dataclasses.replace(cfg.train_for(policy), algo=algo, reward_key=reward_key,
                                         out=str(Path(cfg.run_dir) / "policies" / policy))
         eval_cfg = dataclasses.replace(cfg.eval, policy=str(Path(train_cfg.out) / f"{cfg.checkpoint}.pt"),
                                        out=str(Path(cfg.run_dir) / "eval" / policy))
-        reads = ("relabel",) if reward_key == LEARNED_REWARD_KEY else source
-        stages.append(Stage(f"train_{policy}", train_cfg, train, reads, cpus=max(cfg.train.threads, 1),
+        if simulated:
+            _check_seeds_apart(train_cfg, eval_cfg, policy)
+        reads = ("relabel",) if reward_key.rpartition(":")[2] == LEARNED_REWARD_KEY else source
+        stages.append(Stage(f"train_{policy}", train_cfg, train, reads, cpus=max(train_cfg.threads, 1),
                             remote=remote, progress=lambda c=train_cfg: _train_progress(c)))
         if simulated:
             stages.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",),
@@ -183,6 +219,20 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                                                                     out=eval_cfg.out),
                                 evaluate_offline, (f"train_{policy}",), cpus=1.0))
     return stages
+
+
+def _check_seeds_apart(train_cfg: TrainConfig, eval_cfg: EvalConfig, policy: str) -> None:
+    """The training-time evaluations (learning curves, checkpoint: best) must not see a reported episode."""
+    from robot_pref.rl.train import training_eval_seeds
+
+    if train_cfg.eval_every <= 0:
+        return
+    during = training_eval_seeds(train_cfg)
+    final = range(eval_cfg.seed, eval_cfg.seed + eval_cfg.episodes)
+    if during.start < final.stop and final.start < during.stop:
+        raise ValueError(f"{policy}: training-time evaluation seeds {during.start}-{during.stop - 1} overlap the "
+                         f"final evaluation's {final.start}-{final.stop - 1}; choices would be made on reported "
+                         "episodes: move eval.seed (or lower eval.episodes / train.eval_episodes)")
 
 
 def _train_progress(cfg: TrainConfig) -> str:

@@ -19,17 +19,35 @@ import torch
 from robot_pref.data.dataset import DatasetError, TrajectoryDataset
 
 
-def transition_rewards(ds: TrajectoryDataset, reward_key: str) -> np.ndarray:
-    """Per-frame reward array r(s_t): ground truth for ``"true"`` (the oracle), else ``rewards/<key>``."""
+def transition_rewards(ds: TrajectoryDataset, reward_key: str,
+                       transform: Callable[[np.ndarray], np.ndarray] = lambda r: r) -> np.ndarray:
+    """Per-frame reward array r(s_t), after ``transform`` (the training's normalisation, `scale_rewards`).
+
+    ``"true"``: the ground truth (the oracle). ``"<key>"``: the learned reward ``rewards/<key>``. The
+    trivial-reward baselines read no ground truth: ``"zero"`` is 0 at every frame (untransformed: zero means
+    zero), ``"constant:<key>"`` is the mean of the transformed ``rewards/<key>`` at every frame, i.e. the
+    reward the learned-reward policy sees with all its information about which frame is better removed.
+    """
     if not reward_key:
         raise ValueError("no reward key: pass --reward-key true (ground truth, the oracle baseline) or the "
                          f"name of a learned reward; {ds.path} holds rewards {ds.reward_keys or 'none'}")
-    if reward_key == "true":
-        return ds.ground_truth("reward").astype(np.float32)
-    if reward_key not in ds.reward_keys:
-        raise KeyError(f"{ds.path} has no reward {reward_key!r} (rewards/: {ds.reward_keys or 'none'}); "
+    if reward_key == "zero":
+        return np.zeros(ds.n_frames, np.float32)
+    kind, _, source = reward_key.rpartition(":")
+    if kind and kind != "constant":
+        raise ValueError(f"unknown reward key {reward_key!r}: use true, zero, <learned key> or constant:<learned key>")
+    if kind and source == "true":
+        raise ValueError("constant:true would read the ground truth; the constant baseline averages a learned "
+                         "reward: use constant:<learned key>")
+    if source == "true":
+        return transform(ds.ground_truth("reward").astype(np.float32))
+    if source not in ds.reward_keys:
+        raise KeyError(f"{ds.path} has no reward {source!r} (rewards/: {ds.reward_keys or 'none'}); "
                        "write it with `robot-pref relabel` or train on --reward-key true")
-    return ds.get(f"rewards/{reward_key}").astype(np.float32)
+    reward = transform(ds.get(f"rewards/{source}").astype(np.float32))
+    if kind:
+        return np.full(ds.n_frames, float(reward.mean()), np.float32)
+    return reward
 
 
 def scale_rewards(r: np.ndarray, normalize: str, scale: float, bias: float) -> np.ndarray:

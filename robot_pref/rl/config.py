@@ -12,9 +12,11 @@ from robot_pref.tracking import LogKind
 class TrainConfig:
     dataset: str = field(default="", metadata={"help": "zarr dataset to train on"})
     out: str = field(default="runs/train", metadata={"help": "run directory (rerunning with the same one resumes)"})
-    algo: Literal["iql", "bc"] = "iql"
+    algo: Literal["iql", "bc", "rwbc"] = field(default="iql", metadata={
+        "help": "iql, bc, or rwbc (reward-weighted BC: AWR on the return-to-go of the reward, robot_pref.rl.rwbc)"})
     reward_key: str = field(default="", metadata={
-        "help": "'true' = ground-truth reward (the oracle baseline), else a learned reward under rewards/"})
+        "help": "'true' = ground-truth reward (the oracle baseline), a learned reward under rewards/, or the "
+                "trivial baselines 'zero' and 'constant:<learned key>' (its mean at every frame)"})
     steps: int = 100_000
     batch_size: int = 256
     seed: int = 0
@@ -30,6 +32,9 @@ class TrainConfig:
     beta: float = 3.0
     max_weight: float = 100.0
     polyak: float = 0.005
+    rwbc_beta: float = field(default=1.0, metadata={
+        "help": "rwbc: inverse temperature of exp(beta (z-scored return - V(s)))"})
+    rwbc_max_weight: float = field(default=20.0, metadata={"help": "rwbc: weight clip (AWR's 20)"})
     obs_std_floor: float = field(default=0.1, metadata={"help": "floor on the obs std used for normalisation"})
     obs_clip: float = 10.0
     reward_normalize: Literal["none", "minmax", "standardize"] = "none"

@@ -1,8 +1,9 @@
-"""`train(cfg)`: offline IQL or BC on a trajectory dataset, with exact checkpoint/resume.
+"""`train(cfg)`: offline IQL, BC or reward-weighted BC on a trajectory dataset, with exact checkpoint/resume.
 
 Outputs in ``cfg.out``: ``log.csv`` (losses every ``log_every`` steps), ``last.pt`` (every
 ``save_every`` steps and at the end; a rerun of the same command resumes from it), ``best.pt``
-(highest evaluation success when ``eval_every`` > 0) and ``train_info.json``; with ``log`` the same
+(highest evaluation success when ``eval_every`` > 0), ``eval_curve.csv`` (success over training steps on
+held-out seeds, see `TRAINING_EVAL_SEED`) and ``train_info.json``; with ``log`` the same
 numbers (and a rollout video per evaluation) go to TensorBoard or wandb (`robot_pref.tracking`).
 """
 
@@ -27,6 +28,7 @@ from robot_pref.rl.checkpoint import load_checkpoint, resolve_device, save_check
 from robot_pref.rl.config import TrainConfig
 from robot_pref.rl.iql import IQL
 from robot_pref.rl.learner import Learner, ObsModel
+from robot_pref.rl.rwbc import RWBC, standardized_returns
 from robot_pref.tracking import open_tracker
 
 log = logging.getLogger(__name__)
@@ -68,11 +70,7 @@ def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device):
     flat = high - low < 1e-6
     low[flat], high[flat] = low[flat] - 1.0, high[flat] + 1.0
     action = torch.as_tensor(2.0 * (ds.get("action") - low) / (high - low) - 1.0).clamp(-1.0, 1.0)
-    if cfg.algo == "bc":  # behaviour cloning never reads a reward
-        reward = np.zeros(ds.n_frames, np.float32)
-    else:
-        reward = scale_rewards(transition_rewards(ds, cfg.reward_key), cfg.reward_normalize, cfg.reward_scale,
-                               cfg.reward_bias)
+    reward = training_rewards(cfg, ds)
     held_out = holdout_episodes(ds.n_episodes, cfg.holdout)
     batches = TransitionBatches.from_dataset(ds, lowdim, action, reward, frame_keys, cfg.batch_size, device, cfg.seed,
                                              exclude_episodes=tuple(held_out))
@@ -87,6 +85,16 @@ def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device):
         "holdout_episodes": held_out,
     }
     return spec, obs_model, batches
+
+
+def training_rewards(cfg: TrainConfig, ds: TrajectoryDataset) -> np.ndarray:
+    """The per-frame reward array the batches carry: none for BC, the scaled reward for IQL, and for RWBC the
+    z-scored return-to-go of the scaled reward (`robot_pref.rl.rwbc`)."""
+    if cfg.algo == "bc":  # behaviour cloning never reads a reward
+        return np.zeros(ds.n_frames, np.float32)
+    reward = transition_rewards(ds, cfg.reward_key, lambda r: scale_rewards(r, cfg.reward_normalize, cfg.reward_scale,
+                                                                            cfg.reward_bias))
+    return standardized_returns(reward, ds.episode_ends, cfg.gamma) if cfg.algo == "rwbc" else reward
 
 
 def holdout_episodes(n_episodes: int, fraction: float) -> list[int]:
@@ -109,7 +117,9 @@ def make_learner(cfg: TrainConfig, obs_model: ObsModel, act_dim: int) -> Learner
                    max_weight=cfg.max_weight, polyak=cfg.polyak, **common)
     if cfg.algo == "bc":
         return BC(obs_model, act_dim, **common)
-    raise ValueError(f"unknown algo {cfg.algo!r}; choose iql or bc")
+    if cfg.algo == "rwbc":
+        return RWBC(obs_model, act_dim, lr=cfg.lr, beta=cfg.rwbc_beta, max_weight=cfg.rwbc_max_weight, **common)
+    raise ValueError(f"unknown algo {cfg.algo!r}; choose iql, bc or rwbc")
 
 
 def make_update(cfg: TrainConfig, learner: Learner, batches: TransitionBatches, device: torch.device):
@@ -172,12 +182,37 @@ class _CsvLog:
             w.writerow(row)
 
 
+# Training-time evaluations start episode i from reset(TRAINING_EVAL_SEED + training seed + i): a range of
+# their own, apart from the final evaluation's (`robot-pref eval --seed`, 1000 + i by default; the pipeline
+# refuses overlapping ranges), so the learning curves (and checkpoint: best) choose nothing on reported episodes.
+TRAINING_EVAL_SEED = 10_000
+
+
+def training_eval_seeds(cfg: TrainConfig) -> range:
+    return range(TRAINING_EVAL_SEED + cfg.seed, TRAINING_EVAL_SEED + cfg.seed + cfg.eval_episodes)
+
+
 def _evaluate(cfg: TrainConfig, ckpt: Path, step: int, videos: int = 0) -> dict[str, Any]:
     from robot_pref.eval.rollout import EvalConfig, evaluate  # eval sits above rl; only this optional hook uses it
 
     return evaluate(EvalConfig(policy=str(ckpt), episodes=cfg.eval_episodes, workers=cfg.eval_workers,
-                               seed=10_000 + cfg.seed, videos=videos,
+                               seed=training_eval_seeds(cfg).start, videos=videos,
                                out=str(Path(cfg.out) / "eval" / f"step_{step}"), device="cpu"))
+
+
+EVAL_CURVE_FIELDS = ("step", "success_rate", "ci_low", "ci_high", "successes", "episodes", "first_seed", "last_seed",
+                     "mean_return")
+
+
+def _write_eval_curve(out: Path, evals: list[dict[str, Any]]) -> None:
+    """``eval_curve.csv``: success over training steps (one row per training-time evaluation), rewritten whole
+    after each one from the checkpoint's list, so a resumed run's file matches its checkpoint."""
+    tmp = out / "eval_curve.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, EVAL_CURVE_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows({**e, "ci_low": e["ci"][0], "ci_high": e["ci"][1]} for e in evals)
+    tmp.replace(out / "eval_curve.csv")
 
 
 def _tracked(row: dict[str, Any], logs: dict[str, torch.Tensor], learner: Learner) -> dict[str, float]:
@@ -262,8 +297,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 save(last)
             if evaluate_now:
                 result = _evaluate(cfg, last, step, videos=int(tracker.records_videos))
+                seeds = training_eval_seeds(cfg)
                 evals.append({"step": step, "success_rate": result["success_rate"], "ci": result["ci"],
+                              "successes": result["successes"], "episodes": result["episodes"],
+                              "first_seed": seeds.start, "last_seed": seeds.stop - 1,
                               "mean_return": result["mean_return"]})
+                _write_eval_curve(out, evals)
                 tracker.scalars({"eval/success_rate": result["success_rate"], "eval/ci_low": result["ci"][0],
                                  "eval/ci_high": result["ci"][1], "eval/mean_return": result["mean_return"]}, step)
                 for video in result.get("videos", [])[:1]:
