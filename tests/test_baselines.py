@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,10 +84,10 @@ def test_rwbc_clones_the_actions_that_returned_more():
     action = np.where(good, 0.5, -0.5)[:, None].astype(np.float32)
     z = (good - good.mean()) / good.std()  # batches carry the z-scored return-to-go as "reward"
     torch.manual_seed(0)
-    learner = RWBC(identity_obs_model(1), 1, hidden=(32, 32), lr=1e-3, actor_lr=1e-3, beta=2.0, total_steps=1500)
+    learner = RWBC(identity_obs_model(1), 1, hidden=(32, 32), lr=3e-3, actor_lr=3e-3, beta=2.0, total_steps=600)
     batches = array_batches(np.zeros((m, 1), np.float32), action, z.astype(np.float32), np.ones(m, np.float32),
                             np.arange(m - 1))
-    for step in range(1500):
+    for step in range(600):
         logs = learner.update(batches.sample(step))
     assert learner.v(torch.zeros(1, 1)).item() == pytest.approx(0.0, abs=0.1)  # V = the mean z-scored return
     assert float(logs["weight_mean"].max()) == pytest.approx(math.exp(2.0), rel=0.2)
@@ -167,7 +168,7 @@ def lift_dataset(tmp_path_factory):
     from robot_pref.envs.commands import CollectConfig
 
     root = tmp_path_factory.mktemp("lift")
-    collect(CollectConfig(task="lift", tier="expert", episodes=2, horizon=15, out=str(root / "lift.zarr")))
+    collect(CollectConfig(task="lift", tier="expert", episodes=2, horizon=15, workers=1, out=str(root / "lift.zarr")))
     ds = TrajectoryDataset.open(root / "lift.zarr", mode="a")
     ds.write_reward("learned", np.random.default_rng(0).normal(size=ds.n_frames).astype(np.float32))
     return root / "lift.zarr"
@@ -213,3 +214,32 @@ def test_run_report_plots_success_over_training_steps(tmp_path):
     assert 'id="success-curves" src="success_curves.png"' in html and "bc 2 points of 5 episodes" in html
     assert "(seeds 10000–10004)" in html
     assert "](success_curves.png)" in (run_dir / "report.md").read_text()
+
+
+def test_robomimic_peer_trains_with_robomimic_and_rolls_out_through_our_evaluation(lift_dataset, tmp_path):
+    """robomimic's BC on our export, a few steps; the adapter feeds it what the export wrote, and our eval runs it."""
+    import importlib.util
+
+    import h5py
+
+    from robot_pref.data.commands import ExportRobomimicConfig
+    from robot_pref.data.robomimic import export_robomimic
+    from robot_pref.eval.robomimic_policy import RobomimicPolicy
+    from robot_pref.eval.rollout import EvalConfig, evaluate
+
+    spec = importlib.util.spec_from_file_location("robomimic_peer", Path(__file__).parents[1] / "tools/robomimic_peer.py")
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)
+    hdf5 = tmp_path / "lift.hdf5"
+    export_robomimic(ExportRobomimicConfig(dataset=str(lift_dataset), out=str(hdf5), reward_key="learned"))
+    ckpt = peer.train_peer("bc", str(lift_dataset), str(hdf5), tmp_path / "bc", steps=5, batch_size=8)
+    policy = RobomimicPolicy(ckpt)
+    assert policy.task == "lift" and policy.observation_keys == ("obs",)
+    ds = TrajectoryDataset.open(lift_dataset)
+    with h5py.File(hdf5) as f:  # the adapter's split of our flat obs is the export's obs dict
+        exported = {k: f[f"data/demo_0/obs/{k}"][3].astype(np.float32) for k in f["data/demo_0/obs"]}
+    np.testing.assert_allclose(policy.act({"obs": ds.get("obs")[3]}), policy.policy(exported), rtol=1e-6)
+    info = evaluate(EvalConfig(policy=str(ckpt), episodes=2, workers=1, max_steps=10, videos=0,
+                               out=str(tmp_path / "eval")))
+    assert info["episodes"] == 2 and [r["seed"] for r in info["per_episode"]] == [1000, 1001]
+    assert all(r["steps"] == 10 or r["success"] for r in info["per_episode"])

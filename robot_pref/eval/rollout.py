@@ -111,10 +111,10 @@ class _Worker:
     def __init__(self, policy_path: str, task: str, device: str):
         import torch
 
-        from robot_pref.rl import load_policy
+        from robot_pref.eval.robomimic_policy import load_eval_policy
 
         torch.set_num_threads(1)
-        self.policy = load_policy(policy_path, device=device)
+        self.policy = load_eval_policy(policy_path, device=device)  # ours, or a robomimic peer's
         self.env = make_eval_env(self.policy, task)
 
     def horizon(self) -> int:
@@ -132,12 +132,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     import imageio.v2 as imageio
     from tqdm.auto import tqdm
 
-    from robot_pref.rl import load_policy
+    from robot_pref.eval.robomimic_policy import load_eval_policy
 
     if cfg.episodes <= 0:
         raise ValueError(f"--episodes must be positive, got {cfg.episodes}")
     policy_path = Path(cfg.policy)
-    policy = load_policy(policy_path, device="cpu")  # fail early on a bad checkpoint, and read its task
+    policy = load_eval_policy(policy_path, device="cpu")  # fail early on a bad checkpoint, and read its task
     task = cfg.task or policy.task
     out = Path(cfg.out) if cfg.out else policy_path.parent / f"eval_{policy_path.stem}"
     out.mkdir(parents=True, exist_ok=True)
