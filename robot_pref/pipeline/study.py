@@ -218,6 +218,11 @@ def run_study(cfg: StudyConfig, runner: Runner | None = None) -> dict:
     # absolute paths: cells may run in Ray workers whose working directory is not this one
     cfg = dataclasses.replace(cfg, base=str(Path(cfg.base).resolve()) if cfg.base else "", out=str(cfg.out_dir.resolve()))
     cells = _data_first(expand(cfg))
+    from robot_pref.pipeline.run import POLICIES
+
+    unknown = [p for p in cfg.policies if p not in POLICIES]
+    if unknown:
+        raise ValueError(f"policies {unknown} are not pipeline policies; choose from {sorted(POLICIES)}")
     for cell in cells:  # bad labeler sections / unknown fields fail here, before anything runs
         cell_config(cfg, cell)
     out = cfg.out_dir
