@@ -37,6 +37,8 @@ from typing import Any, Callable
 TUNING_EVAL_SEEDS = range(1000, 2000)  # robot-pref eval's default seed 1000: what earlier tuning looked at
 TRAIN_EVAL_SEED = 10_000  # rl.train's training-time evaluations start at 10000 + training seed
 CELL_MARKER = "study_cell.json"
+CELL_DATASET = "data.zarr"  # a cell's copy; not the run's default dataset.zarr, whose collect stage would
+# count as rerun and make render start afresh
 
 
 @dataclass
@@ -133,7 +135,8 @@ def cell_config(cfg: StudyConfig, cell: Cell):
     from robot_pref.pipeline.run import RunConfig
 
     grid = {
-        "name": cell.id, "run_dir": str(cfg.out_dir / "cells" / cell.id), "dataset": "", "stop_after": "",
+        "name": cell.id, "run_dir": str(cfg.out_dir / "cells" / cell.id), "stop_after": "",
+        "dataset": str(cfg.out_dir / "cells" / cell.id / CELL_DATASET),
         "address": cfg.address, "policies": list(cell.policies),
         "collect": {"task": cell.task, "seed": cell.seed},
         "fit_reward": {"seed": cell.seed}, "train": {"seed": cell.seed},
@@ -150,7 +153,7 @@ def cell_config(cfg: StudyConfig, cell: Cell):
 def data_config(cfg: StudyConfig, cell: Cell):
     """The (task, seed) data run: the cell's collect and render, stopped after render."""
     return dataclasses.replace(cell_config(cfg, cell), name=cell.data_id, policies=(), stop_after="render",
-                               run_dir=str(cfg.out_dir / "data" / cell.data_id))
+                               dataset="", run_dir=str(cfg.out_dir / "data" / cell.data_id))
 
 
 def _fingerprint(run_cfg) -> str:
@@ -190,7 +193,7 @@ def run_cell(cfg: StudyConfig, cell: Cell, runner: Runner | None = None) -> dict
     with open(run_dir / "study_cell.log", "a") as log, contextlib.redirect_stdout(log):
         data_cfg = data_config(cfg, cell)
         runner(data_cfg)  # done once per (task, seed): later cells find its stages finished
-        _copy_dataset(Path(data_cfg.run_dir) / "dataset.zarr", run_dir / "dataset.zarr")
+        _copy_dataset(Path(data_cfg.run_dir) / "dataset.zarr", Path(run_cfg.dataset))
         runner(run_cfg)
     marker = {"cell": cell.id, "fingerprint": fingerprint, "task": cell.task, "labeler": cell.labeler,
               "budget": cell.budget, "seed": cell.seed, "policies": list(cell.policies),
@@ -216,7 +219,8 @@ def run_study(cfg: StudyConfig, runner: Runner | None = None) -> dict:
 
     check_eval_seeds(cfg)
     # absolute paths: cells may run in Ray workers whose working directory is not this one
-    cfg = dataclasses.replace(cfg, base=str(Path(cfg.base).resolve()) if cfg.base else "", out=str(cfg.out_dir.resolve()))
+    cfg = dataclasses.replace(cfg, base=str(Path(cfg.base).resolve()) if cfg.base else "",
+                              out=str(cfg.out_dir.resolve()))
     cells = _data_first(expand(cfg))
     from robot_pref.pipeline.run import POLICIES
 

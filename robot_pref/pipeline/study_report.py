@@ -193,12 +193,14 @@ def write_markdown(path: Path, summary: dict) -> None:
               f"(load average at the end: {summary['loadavg']}); evaluation: {summary['episodes']} episodes per "
               f"policy on seeds {summary['eval_seeds']} (never used for a choice). Success in %, 95% CIs.", ""]
     lines += ["## Per task, labeler and query budget (over seeds)", "",
-              "| task | labeler | budget | policy | seeds | mean [CI] | IQM [CI] | per seed |", "|---|---|---|---|---|---|---|---|"]
+              "| task | labeler | budget | policy | seeds | mean [CI] | IQM [CI] | per seed |",
+              "|---|---|---|---|---|---|---|---|"]
     for g in agg["groups"]:
         lines.append(f"| {g['task']} | {g['labeler']} | {g['budget']} | {g['policy']} | {len(g['seeds'])} | "
                      f"{_pct(g['mean'])} {_ci(g['mean_ci'])} | {_pct(g['iqm'])} {_ci(g['iqm_ci'])} | "
                      f"{', '.join(_pct(s) for s in g['scores'])} |")
-    lines += ["", "## IQL(learned) / IQL(true)", "", "| task | labeler | budget | seeds | ratio [CI] |", "|---|---|---|---|---|"]
+    lines += ["", "## IQL(learned) / IQL(true)", "", "| task | labeler | budget | seeds | ratio [CI] |",
+              "|---|---|---|---|---|"]
     for r in agg["ratios"]:
         value = "undefined (IQL(true) 0%)" if r["ratio"] is None else (
             f"{r['ratio']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]")
@@ -209,7 +211,8 @@ def write_markdown(path: Path, summary: dict) -> None:
         for g in agg["over_tasks"]:
             lines.append(f"| {g['labeler']} | {g['budget']} | {g['policy']} | {len(g['seeds'])} | "
                          f"{_pct(g['mean'])} {_ci(g['mean_ci'])} | {_pct(g['iqm'])} {_ci(g['iqm_ci'])} |")
-    lines += ["", "## Every cell", "", "| cell | status | policy | success [Wilson CI] | wall s |", "|---|---|---|---|---|"]
+    lines += ["", "## Every cell", "", "| cell | status | policy | success [Wilson CI] | wall s |",
+              "|---|---|---|---|---|"]
     for row in summary["cells"]:
         for policy, e in row["policies"].items() or {"–": {}}.items():
             result = (f"{e['successes']}/{e['episodes']} = {_pct(e['success_rate'])} {_ci(e['ci'])}"
