@@ -10,13 +10,17 @@ download).
     .venv/bin/python tools/bench_label.py [--latency 0.3] [--concurrency 1,8,32] [--clip-model tiny]
 
 Query designs (``--designs``): pairwise (vlm, single-stage: one request per pair) vs progress
-(K shuffled frames per request, K(K-1)/2 pairs per answer) through `robot-pref label` against the
-mock answering from hidden truth (pairwise: the vlm-like error model; progress: 5% noise), with
-the injected latency: labels per request and per second at equal request budgets; with
-``--fit``, the reward quality after fitting on each (held-out true-order accuracy on uniform
-random pairs, Spearman over all frames).
+(K shuffled frames per request, K(K-1)/2 pairs per answer; ``Kp`` = the same labels fitted with the
+reported per-frame progress as a regression target too, fit-reward's ``progress_weight``) vs segment
+queries (``segN``: pairwise on clips of N frames, 2N images per request) through `robot-pref label`
+against the mock answering from hidden truth (pairwise and segments: the vlm-like error model;
+progress: 5% noise), with the injected latency: labels per request and per second at equal request
+budgets; with ``--fit``, the reward quality after fitting on each (held-out true-order accuracy on
+uniform random pairs, Spearman over all frames). Every fit gets the same number of gradient steps
+(``--fit-steps``, epochs = steps x batch / training pairs, at most 30), so a design with 100x the
+pairs is not also given 100x the compute.
 
-    .venv/bin/python tools/bench_label.py --designs pairwise,4,8,16 --budgets 100,250,500,1000 --fit
+    .venv/bin/python tools/bench_label.py --designs pairwise,4,8,16,8p,seg4 --budgets 250,500,1000 --fit
 """
 
 from __future__ import annotations
@@ -133,17 +137,22 @@ def bench_clip(frames, model: str, n: int, batch: int) -> list[dict]:
              "ratio": round(single / batched, 2)}]
 
 
-def reward_quality(ds, frame_key: str, labels, held_out: tuple[np.ndarray, np.ndarray], seed: int) -> dict:
-    """Fit the reward room's default CNN on ``labels``; score it on held-out uniform pairs and all frames."""
+def reward_quality(ds, frame_key: str, labels, held_out: tuple[np.ndarray, np.ndarray], seed: int, steps: int,
+                   progress_weight: float = 0.0, segment: int = 1) -> dict:
+    """Fit the reward room's default CNN on ``labels`` for about ``steps`` gradient steps; score it on
+    held-out uniform pairs and all frames."""
     from scipy.stats import spearmanr
 
     from robot_pref.reward.config import FitRewardConfig
     from robot_pref.reward.evaluation import frame_rewards
     from robot_pref.reward.train import fit
 
-    cfg = FitRewardConfig(dataset=ds.path, camera=frame_key, ensemble=1, epochs=30, patience=5, seed=seed,
-                          augment="none", min_pairs=0, device="auto")
-    model, _ = fit(ds, labels.index_a, labels.index_b, labels.label, cfg, progress=False)
+    usable = int(((labels.label != -1) & (labels.index_a != labels.index_b)).sum() * 0.8)  # training pairs
+    epochs = int(np.clip(round(steps * 64 / max(usable, 1)), 1, 30))
+    cfg = FitRewardConfig(dataset=ds.path, camera=frame_key, ensemble=1, epochs=epochs, patience=5, seed=seed,
+                          augment="none", min_pairs=0, device="auto", progress_weight=progress_weight)
+    model, _ = fit(ds, labels.index_a, labels.index_b, labels.label, cfg, progress=False, segment=segment,
+                   extra=labels.extra)
     true = ds.ground_truth("reward")
     pred = frame_rewards(model, ds, frame_key, np.arange(ds.n_frames))
     a, b = held_out
@@ -152,8 +161,23 @@ def reward_quality(ds, frame_key: str, labels, held_out: tuple[np.ndarray, np.nd
     return {"held_out_accuracy": round(acc, 3), "spearman": round(float(spearmanr(pred, true).statistic), 3)}
 
 
+def start_ray(tries: int = 3) -> None:
+    """Local Ray for the vlm labeler's actors, retried: under a load of 20+ its start-up (30 s limit) can fail."""
+    import ray
+
+    for attempt in range(tries):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+            return
+        except Exception:  # noqa: BLE001  (Ray raises a bare Exception on a start-up timeout)
+            ray.shutdown()
+            if attempt == tries - 1:
+                raise
+
+
 def bench_designs(latency: float, designs: list[str], budgets: list[int], do_fit: bool, tmp: Path,
-                  dataset: str = "", camera: str = "") -> list[dict]:
+                  dataset: str = "", camera: str = "", fit_steps: int = 1500, progress_weight: float = 1.0,
+                  rows_file: str = "") -> list[dict]:
     """Each design at each request budget through `label` against the mock (see the module docstring);
     on ``dataset`` (simulated, rendered ``camera`` frames) or else a synthetic square dataset."""
     import logging
@@ -173,16 +197,19 @@ def bench_designs(latency: float, designs: list[str], budgets: list[int], do_fit
     rng = np.random.default_rng(123)
     held_out = (rng.integers(0, ds.n_frames, 4000), rng.integers(0, ds.n_frames, 4000))
     rows = []
+    start_ray()
     with MockVLM(latency=latency, truth=TruthTable(ds, key), errors=VLMErrorModel(), progress_noise=5.0) as srv:
         for design in designs:
             for budget in budgets:
+                regress = design.endswith("p")
                 out = tmp / "labels" / f"{design}_{budget}"
-                if design == "pairwise":
+                segment = int(design.removeprefix("seg")) if design.startswith("seg") else 1
+                if design == "pairwise" or segment > 1:
                     cfg = LabelConfig(dataset=ds.path, camera=key, labeler="vlm", pairs=budget, out=str(out),
-                                      progress=False, vlm=VLMConfig(base_url=srv.url, model="mock",
+                                      progress=False, vlm=VLMConfig(base_url=srv.url, model="mock", segment=segment,
                                                                     prompt="single-stage", concurrency=32))
                 else:
-                    k = int(design)
+                    k = int(design.removesuffix("p"))
                     cfg = LabelConfig(dataset=ds.path, camera=key, labeler="progress", pairs=budget * k * (k - 1) // 2,
                                       out=str(out), progress=False,
                                       gvl=ProgressConfig(base_url=srv.url, model="mock", frames=k, concurrency=32))
@@ -190,14 +217,24 @@ def bench_designs(latency: float, designs: list[str], budgets: list[int], do_fit
                 summary = label(cfg)
                 requests = len(srv.requests) - before
                 labels = load_labels(out)
-                row = {"design": "pairwise" if design == "pairwise" else f"progress K={design}", "budget": budget,
+                name = ("pairwise" if design == "pairwise" else f"segments N={segment}" if segment > 1
+                        else f"progress K={k}" + (" + regression" if regress else ""))
+                row = {"design": name, "budget": budget,
                        "requests": requests, "labels": len(labels),
                        "labels_per_request": round(len(labels) / max(requests, 1), 1),
                        "wall_s": summary["wall_s"], "labels_per_s": round(len(labels) / summary["wall_s"], 1)}
                 if do_fit:
-                    row.update(reward_quality(ds, key, labels, held_out, seed=0))
+                    t = time.perf_counter()
+                    row.update(reward_quality(ds, key, labels, held_out, seed=0, steps=fit_steps, segment=segment,
+                                              progress_weight=progress_weight if regress else 0.0))
+                    row["fit_s"] = round(time.perf_counter() - t, 1)
                 rows.append(row)
                 print(row, flush=True)
+                if rows_file:  # partial results survive an interrupted run
+                    Path(rows_file).write_text(json.dumps({"designs": rows}, indent=2))
+    import ray
+
+    ray.shutdown()
     return rows
 
 
@@ -222,6 +259,8 @@ def main() -> None:
                                                  "(e.g. pairwise,4,8,16); empty = skip")
     p.add_argument("--budgets", default="100,250,500,1000", help="request budgets of the query designs")
     p.add_argument("--fit", action="store_true", help="fit a reward on each design's labels and score it")
+    p.add_argument("--fit-steps", type=int, default=1500, help="gradient steps per fit (epochs = steps x 64 / pairs)")
+    p.add_argument("--progress-weight", type=float, default=1.0, help="fit-reward progress_weight of the Kp designs")
     p.add_argument("--dataset", default="", help="simulated dataset for the query designs (default: synthetic squares)")
     p.add_argument("--camera", default="agentview_84", help="its frame key")
     p.add_argument("--only-designs", action="store_true", help="skip the VLM concurrency and CLIP rows")
@@ -229,9 +268,11 @@ def main() -> None:
     if args.designs:
         with tempfile.TemporaryDirectory() as tmp:
             designs = bench_designs(args.latency, args.designs.split(","), [int(b) for b in args.budgets.split(",")],
-                                    args.fit, Path(tmp), args.dataset, args.camera)
-        print(f"\nQuery designs against the mock ({args.latency * 1000:.0f} ms latency; pairwise: vlm-like error model, "
-              f"progress: 5% noise; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+                                    args.fit, Path(tmp), args.dataset, args.camera, args.fit_steps,
+                                    args.progress_weight, args.json)
+        print(f"\nQuery designs against the mock ({args.latency * 1000:.0f} ms latency; pairwise and segments: vlm-like "
+              f"error model, progress: 5% noise; {args.fit_steps} fit steps; load average {os.getloadavg()[0]:.1f} "
+              f"on {os.cpu_count()} CPUs)")
         print(table(designs))
         if args.json:
             Path(args.json).write_text(json.dumps({"designs": designs}, indent=2))

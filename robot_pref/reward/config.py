@@ -7,6 +7,8 @@ from typing import Literal
 
 from robot_pref.tracking import LogKind
 
+SOURCES = ("vlm", "clip", "progress", "teacher", "human")  # values of a label table's 'source' column (hybrid)
+
 
 @dataclass
 class FitRewardConfig:
@@ -23,8 +25,15 @@ class FitRewardConfig:
     ensemble: int = field(default=3, metadata={"help": "ensemble members trained together"})
     ties: Literal["drop", "soft"] = field(
         default="drop", metadata={"help": "tie labels (-1): drop them (RL-VLM-F) or train a 0.5 target (B-Pref)"})
-    label_noise: float = field(
-        default=0.0, metadata={"help": "known label flip rate eps for the noise-aware Bradley-Terry loss"})
+    label_noise: str = field(default="0", metadata={
+        "help": "label flip rate eps of the noise-aware Bradley-Terry loss: a number, or 'auto' = estimated from "
+                "the labels (held-out likelihood of the validation pairs, re-estimated every epoch; docs/REWARD.md)"})
+    source_weights: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "loss weight per label source (the label table's 'source' column, e.g. {human: 3}); unlisted "
+                f"sources and tables without the column weigh 1; sources: {', '.join(SOURCES)}"})
+    progress_weight: float = field(default=0.0, metadata={
+        "help": "weight of a regression term fitting the reward (affine-calibrated per batch) to the per-frame "
+                "progress a progress labeler reported (progress_a/progress_b columns); 0 = off"})
     augment: Literal["none", "shift", "crop"] = field(
         default="shift", metadata={"help": "image augmentation: random shift (pad+crop), random crop, none"})
     pad: int = field(default=4, metadata={"help": "shift augmentation: padding in pixels"})

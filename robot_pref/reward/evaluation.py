@@ -129,7 +129,8 @@ def format_report(report: dict) -> str:
     def f(x):
         return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
 
-    lines = [f"pairs: {report.get('counts', {})}  epochs: {report.get('epochs', '-')}",
+    lines = [f"pairs: {report.get('counts', {})}  epochs: {report.get('epochs', '-')}  "
+             f"label noise: {f(report.get('label_noise'))}",
              f"held-out preference accuracy (vs labels): {f(report.get('val_accuracy'))} "
              f"on {report.get('val_decided_pairs')} pairs"]
     if "spearman" in report:
