@@ -7,6 +7,8 @@ Layout (zarr v3 group)::
     data/           per-step arrays learners read: obs, action, state, timestamp
     frames/<cam>_<size>   per-step uint8 (T, H, W, 3) camera frames, sharded per frame
     rewards/<key>   per-step learned rewards (one value per frame, written by relabel)
+    features/<key>  per-step float32 (N, D) frozen-encoder features of a frames key (written by encode,
+                    per episode: meta/encoded/<key> marks the episodes done; created on first write)
     ground_truth/   per-step true reward and success; read only through `ground_truth()`
     meta/           episode_ends, the per-episode table, render progress per frame key,
                     episode_id (a uuid4 per episode: its identity, see `frame_ids`)
@@ -491,7 +493,7 @@ class TrajectoryDataset:
         return arr
 
     def available_keys(self) -> list[str]:
-        return [f"{g}/{k}" for g in ("data", "frames", "rewards") for k in self.keys(g)]
+        return [f"{g}/{k}" for g in ("data", "frames", "rewards", "features") for k in self.keys(g)]
 
     def _damaged(self, key: str, err: Exception) -> DatasetError:
         return DatasetError(
@@ -732,15 +734,70 @@ class TrajectoryDataset:
             if attrs:
                 arr.attrs.update(dict(attrs))
 
+    @property
+    def feature_keys(self) -> list[str]:
+        return self.keys("features")
+
+    def encoded_episodes(self, key: str) -> np.ndarray:
+        """Which episodes have their features under ``features/<key>`` written (resumable encoding)."""
+        done = np.zeros(self.n_episodes, dtype=bool)
+        if f"meta/encoded/{key}" in self.root:
+            arr = self.root[f"meta/encoded/{key}"]
+            m = min(arr.shape[0], self.n_episodes)
+            done[:m] = arr[:m]
+        return done
+
+    def feature_attrs(self, key: str) -> dict:
+        return dict(self.root[f"features/{key}"].attrs) if f"features/{key}" in self.root else {}
+
+    def write_episode_features(self, key: str, episode: int, values: np.ndarray, attrs: Mapping | None = None) -> None:
+        """Write one episode's (T, D) features, then mark it encoded (a crash loses at most this episode).
+
+        The array is created NaN-filled on first write and grows with episodes appended since (their rows
+        stay NaN and unmarked until encoded). ``attrs`` (the encoder) must match the array's: one key, one
+        encoder."""
+        values = np.asarray(values, np.float32)
+        sl = self.episode_slice(episode)
+        if values.ndim != 2 or len(values) != sl.stop - sl.start:
+            raise DatasetError(f"episode {episode} has {sl.stop - sl.start} steps; features must be (T, D), "
+                               f"got {values.shape}")
+        with self._write():
+            group = self.root.require_group("features")
+            flags = self.root.require_group("meta").require_group("encoded")
+            if key not in group:
+                _create(group, key, shape=(self.n_frames, values.shape[1]), chunks=(STEP_CHUNK, values.shape[1]),
+                        dtype="float32", fill_value=float("nan"))
+                _create(flags, key, shape=(self.n_episodes,), chunks=(STEP_CHUNK,), dtype="bool", fill_value=False)
+                if attrs:
+                    group[key].attrs.update(dict(attrs))
+            arr, done = group[key], flags[key]
+            if attrs and dict(arr.attrs) != dict(attrs):
+                raise DatasetError(f"features/{key} was encoded by {dict(arr.attrs)}, not {dict(attrs)}; "
+                                   f"delete it (dataset.delete('features/{key}')) or choose another key")
+            if arr.shape[1] != values.shape[1]:
+                raise DatasetError(f"features/{key} holds {arr.shape[1]}-dim features, got {values.shape[1]}")
+            if arr.shape[0] < self.n_frames:  # episodes appended since the first encode
+                old = arr.shape[0]
+                arr.resize((self.n_frames, arr.shape[1]))
+                arr[old:] = np.nan
+            if done.shape[0] < self.n_episodes:
+                old = done.shape[0]
+                done.resize((self.n_episodes,))
+                done[old:] = False
+            arr[sl] = values
+            done[episode] = True
+
     def delete(self, key: str) -> None:
-        """Remove a frames or rewards array (never data/ or ground truth)."""
+        """Remove a frames, rewards or features array (never data/ or ground truth)."""
         group, _, name = key.partition("/")
-        if group not in ("frames", "rewards") or not name:
-            raise DatasetError(f"only frames/ and rewards/ arrays can be deleted, not {key!r}")
+        if group not in ("frames", "rewards", "features") or not name:
+            raise DatasetError(f"only frames/, rewards/ and features/ arrays can be deleted, not {key!r}")
         with self._write():
             del self.root[group][name]
             if group == "frames" and name in self.root["meta/rendered"]:
                 del self.root["meta/rendered"][name]
+            if group == "features" and "meta/encoded" in self.root and name in self.root["meta/encoded"]:
+                del self.root["meta/encoded"][name]
 
     def _episode_values(self, ep: Episode) -> dict[str, np.ndarray]:
         """The per-step arrays of ``ep`` by store key, checked against the store before anything is written."""

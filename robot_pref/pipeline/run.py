@@ -178,6 +178,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     from robot_pref.render.render import render_dataset
     from robot_pref.reward.relabel import relabel
     from robot_pref.reward.train import fit_reward
+    from robot_pref.rl.features import encode_features, encode_inputs
     from robot_pref.rl.train import train
 
     stages: list[Stage] = []
@@ -209,6 +210,10 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         if simulated:
             _check_seeds_apart(train_cfg, eval_cfg, policy)
         reads = ("relabel",) if reward_key.rpartition(":")[2] == LEARNED_REWARD_KEY else source
+        train_cfg, encode_cfg = encode_inputs(train_cfg, cfg.relabel.reward_model, cfg.dataset)  # pixel policies
+        if encode_cfg is not None:  # frozen-encoder features cached before training (robot_pref.rl.features)
+            stages.append(Stage(f"encode_{policy}", encode_cfg, encode_features, ("relabel", *source)))
+            reads += (f"encode_{policy}",)
         stages.append(Stage(f"train_{policy}", train_cfg, train, reads, cpus=max(train_cfg.threads, 1),
                             remote=remote, progress=lambda c=train_cfg: _train_progress(c)))
         if simulated:

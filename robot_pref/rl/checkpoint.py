@@ -24,9 +24,11 @@ VERSION = 1
 
 def build_obs_model(spec: Mapping[str, Any]) -> ObsModel:
     """The observation model described by a policy spec (stats are placeholders until state is loaded)."""
-    lowdim = {k: (np.zeros(d, np.float32), np.ones(d, np.float32)) for k, d in spec["lowdim"].items()}
+    raw = spec.get("projected", {})  # feature key -> encoder dim (projected to spec["lowdim"][key] components)
+    lowdim = {k: (np.zeros(raw.get(k, d), np.float32), np.ones(d, np.float32)) for k, d in spec["lowdim"].items()}
+    projections = {k: np.zeros((D, spec["lowdim"][k]), np.float32) for k, D in raw.items()}
     return ObsModel(lowdim, dict(spec["frames"]), std_floor=0.0, clip=spec["obs_clip"],
-                    feature_dim=spec["feature_dim"], shift=spec["image_shift"])
+                    feature_dim=spec["feature_dim"], shift=spec["image_shift"], projections=projections)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -58,12 +60,23 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 class Policy:
-    """Observation(s) -> action(s): normalisation, encoders, actor and action de-normalisation in one place."""
+    """Observation(s) -> action(s): input selection, frozen encoders, normalisation, actor and action
+    de-normalisation in one place.
 
-    def __init__(self, spec: Mapping[str, Any], obs_model: ObsModel, actor: Actor, device: torch.device):
-        self.spec = dict(spec)
+    ``observation_keys`` are the raw inputs every simulator and arm provide (``obs``, ``frames/<key>``).
+    A spec'd policy (`robot_pref.rl.obs_spec`) builds its network inputs from them as ``spec["inputs"]``
+    says: obs columns (proprioception only, for a pixel policy) or a camera's frames through its frozen
+    encoder; the rest of ``obs`` (object state) never reaches the networks.
+    """
+
+    def __init__(self, spec: Mapping[str, Any], obs_model: ObsModel, actor: Actor, device: torch.device,
+                 encoders: Mapping[str, torch.nn.Module] | None = None):
+        self.spec = {k: v for k, v in spec.items() if k != "encoder_state"}  # weights live in self.encoders
         self.obs_model, self.actor, self.device = obs_model.eval(), actor.eval(), device
-        self.observation_keys: tuple[str, ...] = tuple(spec["lowdim"]) + tuple(spec["frames"])
+        self.inputs: dict[str, dict] = dict(spec.get("inputs") or {k: {"source": k} for k in
+                                                                    (*spec["lowdim"], *spec["frames"])})
+        self.encoders = {k: e.to(device).eval() for k, e in (encoders or {}).items()}
+        self.observation_keys: tuple[str, ...] = tuple(dict.fromkeys(i["source"] for i in self.inputs.values()))
         self.task: str = spec["task"]
         self.env_meta: dict = dict(spec["env_meta"])
         self.action_low = np.asarray(spec["action_low"], np.float32)
@@ -78,19 +91,30 @@ class Policy:
         if missing:
             raise KeyError(f"policy needs observation keys {list(self.observation_keys)}; missing {missing}")
         first = self.observation_keys[0]
-        single = np.ndim(obs[first]) == (1 if first in self.spec["lowdim"] else 3)
+        single = np.ndim(obs[first]) == (3 if first.startswith("frames/") else 1)
         a = self.actor(self.features({k: np.asarray(obs[k])[None] if single else obs[k] for k in obs})).cpu().numpy()
         a = self.action_low + (a + 1.0) * 0.5 * (self.action_high - self.action_low)
         return a[0] if single else a
 
     @torch.no_grad()
+    def network_inputs(self, obs: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """The networks' inputs by key, before normalisation: selected obs columns, encoded frames, raw frames."""
+        x = {}
+        for key, how in self.inputs.items():
+            t = torch.as_tensor(np.asarray(obs[how["source"]]), device=self.device)
+            if "columns" in how:
+                t = t[..., how["columns"]]
+            if key in self.encoders:
+                t = self.encoders[key](t)
+            x[key] = t
+        return x
+
+    @torch.no_grad()
     def features(self, obs: Mapping[str, np.ndarray]) -> torch.Tensor:
         """The actor's (and critics') input for a batch: low-dim keys normalised, frames encoded."""
-        x = {}
-        for k in self.observation_keys:
-            t = torch.as_tensor(np.asarray(obs[k]), device=self.device)
-            x[k] = self.obs_model.normalize(k, t.float()) if k in self.spec["lowdim"] else t
-        return self.obs_model(x)
+        x = self.network_inputs(obs)
+        return self.obs_model({k: self.obs_model.normalize(k, v.float()) if k in self.spec["lowdim"] else v
+                               for k, v in x.items()})
 
 
 def load_policy(path: str | Path, device: str | torch.device | None = None) -> Policy:
@@ -103,4 +127,7 @@ def load_policy(path: str | Path, device: str | torch.device | None = None) -> P
     state = ckpt["model"]
     obs_model.load_state_dict({k[len("obs_model."):]: v for k, v in state.items() if k.startswith("obs_model.")})
     actor.load_state_dict({k[len("actor."):]: v for k, v in state.items() if k.startswith("actor.")})
-    return Policy(spec, obs_model.to(device), actor.to(device), device)
+    from robot_pref.rl.features import build_encoder
+
+    encoders = {k: build_encoder(desc, spec["encoder_state"][k]) for k, desc in spec.get("encoders", {}).items()}
+    return Policy(spec, obs_model.to(device), actor.to(device), device, encoders)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from robot_pref.tracking import LogKind
 
@@ -22,7 +22,13 @@ class TrainConfig:
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present), cpu, cuda, cuda:1 ..."})
     obs_keys: tuple[str, ...] = field(default=("obs",), metadata={
-        "help": "observation keys: low-dim arrays (obs) and/or frames (frames/agentview_84)"})
+        "help": "observation keys: low-dim arrays (obs) and/or frames (frames/agentview_84); ignored with --obs"})
+    obs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "observation spec (robot_pref.rl.obs_spec), as YAML: {preset: pixels} (proprioception + "
+                "agentview and wrist cameras through a frozen encoder) or {preset: privileged} (the flat obs "
+                "with object state: oracle baselines only), fields overriding the preset: proprio, cameras, "
+                "size, encoder (reward:DIR | resnet18 | open_clip:DIR | conv = trained end to end), features, "
+                "frame_stack; empty = obs_keys"})
     hidden: tuple[int, ...] = (256, 256)
     actor: Literal["gaussian", "deterministic"] = "gaussian"
     lr: float = 3e-4
@@ -76,3 +82,19 @@ class CompareConfig:
     videos: int = 2
     train: dict = field(default_factory=dict, metadata={
         "help": "extra TrainConfig fields for every contender, as YAML (e.g. '{batch_size: 512}')"})
+
+
+@dataclass
+class EncodeConfig:
+    dataset: str = field(default="", metadata={"help": "zarr dataset whose frames are encoded (written to)"})
+    cameras: tuple[str, ...] = field(default=("agentview_84",), metadata={
+        "help": "frame keys to encode (rendered first), e.g. agentview_84 robot0_eye_in_hand_84"})
+    encoder: str = field(default="resnet18", metadata={
+        "help": "frozen encoder: reward:DIR (a fit-reward output), resnet18[:WEIGHTS.pt] (random or local "
+                "weights), open_clip:DIR (local open_clip_config.json + weights); nothing is downloaded"})
+    batch_size: int = 256
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present), cpu, cuda ..."})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's choice)"})
+    render: bool = field(default=False, metadata={
+        "help": "first render the cameras not rendered yet from the saved states (camera_SIZE keys)"})
+    overwrite: bool = field(default=False, metadata={"help": "encode every episode again"})

@@ -29,21 +29,35 @@ class ObsModel(nn.Module):
     """
 
     def __init__(self, lowdim: Mapping[str, tuple[np.ndarray, np.ndarray]], frames: Mapping[str, int],
-                 std_floor: float = 0.1, clip: float = 10.0, feature_dim: int = 64, shift: int = 4):
+                 std_floor: float = 0.1, clip: float = 10.0, feature_dim: int = 64, shift: int = 4,
+                 projections: Mapping[str, np.ndarray] | None = None):
+        """``projections`` maps a low-dim key (cached frozen-encoder features) to a (D, k) matrix of principal
+        components: that key is centred with its D-dim mean, projected, then divided by the k-dim std
+        (unfloored: the components' spread is real), so the networks see k whitened features."""
         super().__init__()
+        projections = dict(projections or {})
         self.lowdim_keys = tuple(lowdim)
         self.frame_keys = tuple(frames)
+        self.projected = tuple(k for k in self.lowdim_keys if k in projections)
         self.clip = clip
-        for i, (mean, std) in enumerate(lowdim.values()):
+        dim = 0
+        for i, (key, (mean, std)) in enumerate(lowdim.items()):
+            floor = 1e-6 if key in projections else std_floor
             self.register_buffer(f"mean{i}", torch.as_tensor(mean, dtype=torch.float32))
-            self.register_buffer(f"std{i}", torch.as_tensor(np.maximum(std, std_floor), dtype=torch.float32))
+            self.register_buffer(f"std{i}", torch.as_tensor(np.maximum(std, floor), dtype=torch.float32))
+            if key in projections:
+                self.register_buffer(f"proj{i}", torch.as_tensor(projections[key], dtype=torch.float32))
+            dim += len(std)
         self.encoders = nn.ModuleList(ImageEncoder(size, feature_dim=feature_dim, shift=shift)
                                       for size in frames.values())
-        self.dim = sum(len(m) for m, _ in lowdim.values()) + feature_dim * len(frames)
+        self.dim = dim + feature_dim * len(frames)
 
     def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
         i = self.lowdim_keys.index(key)
-        return ((x - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")).clamp(-self.clip, self.clip)
+        x = x - getattr(self, f"mean{i}")
+        if key in self.projected:
+            x = x @ getattr(self, f"proj{i}")
+        return (x / getattr(self, f"std{i}")).clamp(-self.clip, self.clip)
 
     def forward(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """``obs`` holds normalised low-dim tensors and raw uint8 frames; ``generator`` turns on augmentation."""

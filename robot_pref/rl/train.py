@@ -50,28 +50,90 @@ def _frame_size(ds: TrajectoryDataset, key: str) -> int:
     return int(shape[1])
 
 
+def _observation_arrays(cfg: TrainConfig, ds: TrajectoryDataset):
+    """(low-dim arrays, frame keys, policy-spec entries) of the observation: ``cfg.obs`` (a spec,
+    `robot_pref.rl.obs_spec`) or the plain ``cfg.obs_keys``."""
+    if not cfg.obs:
+        available = ds.available_keys()
+        for k in cfg.obs_keys:
+            if (k if "/" in k else f"data/{k}") not in available:
+                raise KeyError(f"observation key {k!r} is not in {ds.path}; available: {available}")
+        lowdim = {k: ds.get(k) for k in cfg.obs_keys if not k.startswith("frames/")}
+        return lowdim, tuple(k for k in cfg.obs_keys if k.startswith("frames/")), {}, {}
+    from robot_pref.rl.features import feature_key, load_encoder
+    from robot_pref.rl.obs_spec import ObsSpec, camera_keys, proprio_columns
+
+    obs = ObsSpec.parse(cfg.obs)
+    if obs.privileged:  # the flat obs, object state included: oracle baselines only
+        return {"obs": ds.get("obs")}, (), {"observation": dataclasses.asdict(obs),
+                                            "inputs": {"obs": {"source": "obs"}}}, {}
+    lowdim, inputs, extra, projected = {}, {}, {"observation": dataclasses.asdict(obs)}, {}
+    if obs.proprio:
+        columns = proprio_columns(obs, ds.env_meta, ds.shape("obs")[1])
+        lowdim["proprio"] = ds.get("obs")[:, columns]
+        inputs["proprio"] = {"source": "obs", "columns": columns}
+        extra["proprio_columns"] = {"keys": list(obs.proprio), "columns": columns}
+    cameras = camera_keys(obs, ds.frame_keys)
+    frame_keys: tuple[str, ...] = ()
+    if obs.end_to_end:
+        frame_keys = tuple(f"frames/{c}" for c in cameras)
+        inputs.update({k: {"source": k} for k in frame_keys})
+    elif cameras:
+        encoder = load_encoder(obs.encoder)
+        extra["encoders"], extra["encoder_state"] = {}, {}
+        for cam in cameras:
+            key = f"features/{feature_key(cam, encoder)}"
+            undone = int((~ds.encoded_episodes(key.split("/", 1)[1])).sum())
+            if undone:
+                raise DatasetError(f"{key}: {undone} of {ds.n_episodes} episodes are not encoded; run `robot-pref "
+                                   f"encode --dataset {ds.path} --cameras {' '.join(cameras)} --encoder {obs.encoder}`")
+            lowdim[key] = ds.get(key)
+            inputs[key] = {"source": f"frames/{cam}"}
+            extra["encoders"][key] = encoder.desc
+            extra["encoder_state"][key] = {k: v.clone() for k, v in encoder.state_dict().items()}
+            projected[key] = obs.features
+        extra["encoder_ref"] = obs.encoder
+    extra["inputs"] = inputs
+    return lowdim, frame_keys, extra, projected
+
+
+def _principal_components(x: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean (D,), components (D, k), std of each component (k,)) of feature rows ``rows`` (the training
+    episodes'): k whitened directions keep the update at low-dim cost whatever the encoder's width."""
+    sample = x[np.random.default_rng(0).choice(rows, min(len(rows), 20_000), replace=False)].astype(np.float64)
+    mean = sample.mean(0)
+    _, s, vt = np.linalg.svd(sample - mean, full_matrices=False)
+    k = min(k, len(s))
+    return mean.astype(np.float32), vt[:k].T.astype(np.float32), (s[:k] / np.sqrt(max(len(sample) - 1, 1))).astype(np.float32)
+
+
 def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device):
     """Observation model, batches and the policy spec of a dataset."""
-    available = ds.available_keys()
-    lowdim_keys = [k for k in cfg.obs_keys if not k.startswith("frames/")]
-    frame_keys = tuple(k for k in cfg.obs_keys if k.startswith("frames/"))
-    for k in cfg.obs_keys:
-        if (k if "/" in k else f"data/{k}") not in available:
-            raise KeyError(f"observation key {k!r} is not in {ds.path}; available: {available}")
-    stats = {k: ds.stats(k) for k in lowdim_keys}
+    raw_lowdim, frame_keys, obs_entries, projected = _observation_arrays(cfg, ds)
+    held_out = holdout_episodes(ds.n_episodes, cfg.holdout)
+    train_rows = np.flatnonzero(~np.isin(ds.episode_of(np.arange(ds.n_frames)), held_out))
+    stats, projections = {}, {}
+    for k, x in raw_lowdim.items():
+        if k in projected:
+            mean, projections[k], std = _principal_components(x, projected[k], train_rows)
+            stats[k] = {"mean": mean, "std": std}
+        elif k == "proprio":  # columns of obs
+            stats[k] = {"mean": x.mean(0), "std": x.std(0)}
+        else:
+            stats[k] = ds.stats(k)
     frame_sizes = {k: _frame_size(ds, k) for k in frame_keys}
     obs_model = ObsModel({k: (s["mean"], s["std"]) for k, s in stats.items()}, frame_sizes,
                          std_floor=cfg.obs_std_floor, clip=cfg.obs_clip, feature_dim=cfg.image_feature_dim,
-                         shift=cfg.image_shift).to(device)
+                         shift=cfg.image_shift, projections=projections).to(device)
     with torch.no_grad():
-        lowdim = {k: obs_model.normalize(k, torch.tensor(ds.get(k), device=device).float()) for k in lowdim_keys}
+        lowdim = {k: obs_model.normalize(k, torch.tensor(np.asarray(x), device=device).float())
+                  for k, x in raw_lowdim.items()}
     a_stats = ds.stats("action")
     low, high = a_stats["min"].copy(), a_stats["max"].copy()
     flat = high - low < 1e-6
     low[flat], high[flat] = low[flat] - 1.0, high[flat] + 1.0
     action = torch.as_tensor(2.0 * (ds.get("action") - low) / (high - low) - 1.0).clamp(-1.0, 1.0)
     reward = training_rewards(cfg, ds)
-    held_out = holdout_episodes(ds.n_episodes, cfg.holdout)
     batches = TransitionBatches.from_dataset(ds, lowdim, action, reward, frame_keys, cfg.batch_size, device, cfg.seed,
                                              exclude_episodes=tuple(held_out))
     tasks = sorted(set(ds.episode_table()["task"].tolist()) - {""})
@@ -83,6 +145,8 @@ def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device):
         "action_low": low.tolist(), "action_high": high.tolist(),
         "task": ds.env_meta.get("task") or (tasks[0] if tasks else ""), "env_meta": ds.env_meta,
         "holdout_episodes": held_out,
+        **({"projected": {k: int(raw_lowdim[k].shape[1]) for k in projections}} if projections else {}),
+        **obs_entries,
     }
     return spec, obs_model, batches
 
