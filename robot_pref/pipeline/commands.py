@@ -5,15 +5,22 @@ from __future__ import annotations
 import argparse
 
 
-def run(args: argparse.Namespace) -> dict:
-    from robot_pref.config import from_dict, load_yaml, parse_overrides
-    from robot_pref.pipeline.run import RunConfig, run_pipeline
+def _config_values(args: argparse.Namespace) -> dict:
+    """The YAML config with --set overrides and --address applied (shared by run and study)."""
+    from robot_pref.config import load_yaml, parse_overrides
 
     values = load_yaml(args.config)
     values.update(parse_overrides(args.set or []))
     if args.address:
         values["address"] = args.address
-    return run_pipeline(from_dict(RunConfig, values))
+    return values
+
+
+def run(args: argparse.Namespace) -> dict:
+    from robot_pref.config import from_dict
+    from robot_pref.pipeline.run import RunConfig, run_pipeline
+
+    return run_pipeline(from_dict(RunConfig, _config_values(args)))
 
 
 def register(sub) -> None:
@@ -31,14 +38,10 @@ def register(sub) -> None:
 
 
 def study(args: argparse.Namespace) -> dict:
-    from robot_pref.config import from_dict, load_yaml, parse_overrides
+    from robot_pref.config import from_dict
     from robot_pref.pipeline.study import StudyConfig, run_study
 
-    values = load_yaml(args.config)
-    values.update(parse_overrides(args.set or []))
-    if args.address:
-        values["address"] = args.address
-    return run_study(from_dict(StudyConfig, values))
+    return run_study(from_dict(StudyConfig, _config_values(args)))
 
 
 def register_study(sub) -> None:
