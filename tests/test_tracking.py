@@ -72,8 +72,9 @@ def _fake_evaluations(monkeypatch, tmp_path) -> list[float]:
             frames = np.zeros((12, 32, 40, 3), np.uint8)
             frames[:, :, :, 0] = np.linspace(0, 255, 12, dtype=np.uint8)[:, None, None]  # red fades in
             imageio.mimwrite(paths[-1], frames, fps=20, macro_block_size=1)
+        episodes = cfg.eval_episodes
         return {"success_rate": rates[-1], "ci": [rates[-1] - 0.1, rates[-1] + 0.1], "mean_return": 10 * rates[-1],
-                "videos": paths}
+                "successes": round(rates[-1] * episodes), "episodes": episodes, "videos": paths}
 
     monkeypatch.setattr(train_module, "_evaluate", evaluate)
     return rates
