@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from robot_pref.feedback.config import LabelAuditConfig, LabelConfig, LabelReportConfig
+from robot_pref.feedback.config import LabelAuditConfig, LabelConfig, LabelReportConfig, LabelUIConfig
 
 
 def register(sub) -> None:
@@ -16,3 +16,6 @@ def register(sub) -> None:
                      "per-source accuracy, human-human and human-machine agreement (JSON + PNG)")
     add_command(sub, "label-audit", LabelAuditConfig, "robot_pref.feedback.audit:label_audit",
                 help="Run several labelers on the same pairs and compare them against ground truth (JSON + MD + PNG)")
+    add_command(sub, "label-ui", LabelUIConfig, "robot_pref.feedback.web.app:label_ui",
+                help="Serve the labeling page: people answer a hybrid run's human queue in a browser (keyboard "
+                     "first; every answer committed to the labels store as it is given)")

@@ -121,7 +121,7 @@ class HybridConfig:
     reward_model: str = field(default="", metadata={
         "help": "reward ensemble (fit-reward --out) whose disagreement ranks pairs (disagreement rule; "
                 "uncertainty rule when the machine reports no confidence)"})
-    queue: str = field(default="", metadata={"help": "queue file for label-ui (default: <out>/human_queue.npz)"})
+    queue: str = field(default="", metadata={"help": "queue file for label-ui (default: <out>/human_queue.json)"})
     overlap: float = field(default=0.0, metadata={
         "help": "simulated humans: share of routed pairs a second simulated person answers too (agreement)"})
     teacher: TeacherConfig = field(default_factory=human_teacher)
@@ -152,6 +152,26 @@ class LabelConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
+
+
+LABEL_TOKEN_ENV = "ROBOT_PREF_LABEL_TOKEN"  # like the arm server's ROBOT_PREF_TOKEN, a secret of its own
+
+
+@dataclass
+class LabelUIConfig:
+    """``robot-pref label-ui``: the labeling page serving a hybrid run's human queue."""
+
+    dataset: str = field(default="", metadata={"help": "zarr dataset the queue indexes into (its rendered frames)"})
+    labels: str = field(default="", metadata={"help": "labels directory of the hybrid run (answers go to its store.sqlite)"})
+    queue: str = field(default="", metadata={"help": "queue file (default: <labels>/human_queue.json)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "bind address (non-loopback needs a token)"})
+    port: int = field(default=8000, metadata={"help": "TCP port"})
+    token: str | None = field(default=None, metadata={
+        "help": f"shared secret annotators open the page with (?token=...); prefer the {LABEL_TOKEN_ENV} env var "
+                "(a flag shows in ps)"})
+    lease_s: float = field(default=300.0, metadata={"help": "seconds a shown pair stays reserved for its annotator"})
+    overlap: float = field(default=0.0, metadata={
+        "help": "share of the queue (its first pairs) a second person also answers, for human-human agreement"})
 
 
 @dataclass

@@ -36,6 +36,7 @@ from typing import ClassVar
 import numpy as np
 
 from robot_pref.feedback.config import HybridConfig, LabelConfig, TeacherConfig
+from robot_pref.feedback.human_queue import HUMAN, QUEUE_NAME, human_answers, write_queue
 from robot_pref.feedback.labelers import Labeler, labeler_class
 from robot_pref.feedback.samplers import make_sampler, resolve
 from robot_pref.feedback.store import (ABSTAINED, FAILED, LABEL_STATUSES, LABELED, UNPARSABLE, Answer, LabelSet,
@@ -44,9 +45,7 @@ from robot_pref.feedback.teacher import TeacherLabeler
 
 log = logging.getLogger(__name__)
 
-QUEUE_NAME = "human_queue.npz"
 HUMAN_DIR = "human"  # every human answer, one row per person (LabelSet.save layout)
-HUMAN = "human"
 NO_LABEL = -2  # machine_label of a pair the machine gave no label
 # priority tiers: no machine label > abstained > ranked (tier + a score in [0, 1)); -inf = never routed
 FAILED_TIER, ABSTAIN_TIER, RANKED_TIER = 3.0, 2.0, 1.0
@@ -235,26 +234,20 @@ def ask_simulated(cfg: LabelConfig, ds, frame_key: str, store, goal: str, pairs,
     return rows
 
 
-def ask_queue(cfg: LabelConfig, ds, frame_key: str, out: Path, goal: str, pairs, reasons, shown: Labeler
-              ) -> list[Answer]:
+def ask_queue(cfg: LabelConfig, ds, frame_key: str, out: Path, goal: str, pairs, reasons, shown: Labeler,
+              budget: int) -> list[Answer]:
     """Write the routed pairs as the label-ui queue and read back what people answered so far."""
-    try:
-        from robot_pref.feedback.human_queue import human_answers, write_queue
-    except ImportError as err:
-        raise ValueError(f"--hybrid.human queue needs robot_pref.feedback.human_queue (the labeling page): {err}; "
-                         "or simulate people with --hybrid.human teacher") from err
     path = Path(cfg.hybrid.queue) if cfg.hybrid.queue else out / QUEUE_NAME
     write_queue(path, list(zip(pairs[0].tolist(), pairs[1].tolist())), goal=goal, camera=frame_key,
                 dataset_identity=ds.identity, segment=shown.segment, segment_stride=shown.segment_stride,
-                reasons=[str(r) for r in reasons])
+                reasons=[str(r) for r in reasons], budget=budget)
     log.info("human queue: %d pairs -> %s (answer them with `robot-pref label-ui --dataset %s --labels %s "
              "--queue %s`, then rerun to merge)", len(pairs[0]), path, cfg.dataset, out, path)
-    answered = human_answers(out)
-    person = answered.extra.get("person", np.full(len(answered), "?"))
-    keys = answered.extra.get("key", np.full(len(answered), ""))
+    answered = human_answers(out, dataset=ds)
     return [Answer(str(k), int(a), int(b), int(lab), ABSTAINED if lab == -1 else LABELED, "",
                    {"source": HUMAN, "person": str(p)})
-            for k, a, b, lab, p in zip(keys, answered.index_a, answered.index_b, answered.label, person)]
+            for k, a, b, lab, p in zip(answered.extra["key"], answered.index_a, answered.index_b, answered.label,
+                                       answered.extra["person"])]
 
 
 def people_labels(pairs, rows: list[Answer]) -> tuple[dict[int, tuple[int, str, str]], list[Answer]]:
@@ -339,7 +332,8 @@ class HybridLabeler(Labeler):
         if h.human == "teacher":
             rows = ask_simulated(cfg, ds, frame_key, store, self.goal, pairs, self.segment, bar, counts)
         else:
-            rows = ask_queue(cfg, ds, frame_key, Path(store.path).parent, self.goal, pairs, reasons[chosen], self)
+            rows = ask_queue(cfg, ds, frame_key, Path(store.path).parent, self.goal, pairs, reasons[chosen], self,
+                             budget)
         merged, oriented = people_labels(pairs, rows)
         human_table(oriented).save(Path(store.path).parent / HUMAN_DIR)
 
