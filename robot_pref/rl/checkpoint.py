@@ -101,7 +101,7 @@ class Policy:
         """The networks' inputs by key, before normalisation: selected obs columns, encoded frames, raw frames."""
         x = {}
         for key, how in self.inputs.items():
-            t = torch.as_tensor(np.asarray(obs[how["source"]]), device=self.device)
+            t = torch.as_tensor(np.ascontiguousarray(obs[how["source"]]), device=self.device)  # flipped views too
             if "columns" in how:
                 t = t[..., how["columns"]]
             if key in self.encoders:
