@@ -17,6 +17,10 @@ rounds in one process (the machine is shared, so the load drifts; the median rou
   matmuls on one set of operands per shape (all in cache): a stricter bound, for reference.
 Image observations (84x84 frames through the conv encoder, frames prefetched by the background
 thread from host memory) are timed separately at the given --image-batch.
+Feature IQL (a pixel policy on CPU, `robot_pref.rl.features`): proprioception + two cameras' frozen-encoder
+features projected to --components principal components each, the observation model `robot-pref train`
+builds for ``obs: {preset: pixels}``, against low-dim IQL on the privileged Lift obs in the same
+alternating rounds (target: >= 0.8x).
 """
 
 from __future__ import annotations
@@ -159,6 +163,29 @@ def ours(obs_dim, act_dim, data, device, frames=None, batch_size=256, compile=Fa
     return update, batches
 
 
+def ours_features(proprio_dim, cameras, components, encoder_dim, act_dim, n, device):
+    """Feature IQL as `robot-pref train` builds it for a pixel spec: a "proprio" key plus one PCA-projected
+    feature key per camera (the batches hold the projected, whitened features, as `rl.train.prepare` does)."""
+    gen = torch.Generator().manual_seed(1)
+    keys = {"proprio": (np.zeros(proprio_dim, np.float32), np.ones(proprio_dim, np.float32))}
+    keys.update({f"features/cam{c}_84.reward": (np.zeros(encoder_dim, np.float32), np.ones(components, np.float32))
+                 for c in range(cameras)})
+    projections = {k: np.eye(encoder_dim, components, dtype=np.float32) for k in keys if k != "proprio"}
+    model = ObsModel(keys, {}, projections=projections).to(device)
+    learner = IQL(model, act_dim, total_steps=1_000_000).to(device)
+    lowdim = {k: torch.randn(n, len(std), generator=gen) for k, (_, std) in keys.items()}
+    act = torch.rand(n, act_dim, generator=gen) * 2 - 1
+    rew, done = torch.rand(n, generator=gen).numpy(), (torch.rand(n, generator=gen) < 0.001).float().numpy()
+    batches = TransitionBatches(lowdim, act, rew, done, np.arange(n - 1), 256, device, 0)
+    step = [0]
+
+    def update():
+        learner.update(batches.sample(step[0]))
+        step[0] += 1
+
+    return update, model.dim
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -187,6 +214,9 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also time robot_pref with torch.compile")
     parser.add_argument("--cuda-graph", default=None, action=argparse.BooleanOptionalAction,
                         help="also time robot_pref replayed as one CUDA graph (default: on for CUDA)")
+    parser.add_argument("--feature-steps", type=int, default=100,
+                        help="updates per round of feature IQL vs low-dim IQL (0 skips it)")
+    parser.add_argument("--components", type=int, default=32, help="feature IQL: principal components per camera")
     parser.add_argument("--image-steps", type=int, default=10, help="0 skips the image benchmark")
     parser.add_argument("--image-batch", type=int, default=256)
     args = parser.parse_args()
@@ -237,6 +267,8 @@ def main():
             print(f"{obs_dim}/{act_dim:<5}{name:<27}{r:>10.1f}{r / med['reference (CORL-style)']:>12.2f}x"
                   f"{100 * r / med['matmul ceiling']:>10.0f}%{r * ceiling.flops / 1e9:>9.1f}")
     print(f"\nload average at the end {load_average():.1f} (a shared machine: compare ratios within one run)")
+    if args.feature_steps:
+        bench_features(args, device)
     if args.image_steps:
         frames = np.random.default_rng(0).integers(0, 256, (2048, 84, 84, 3), dtype=np.uint8)
         obs_dim, act_dim, n = 19, 7, 100_000
@@ -247,6 +279,32 @@ def main():
         batches.close()
         print(f"\nimages: obs {obs_dim} + one 84x84 camera (conv encoder, random shift, prefetched frames), "
               f"batch {args.image_batch}: {r:.2f} updates/s")
+
+
+def bench_features(args, device):
+    """Feature IQL (9 proprio dims + 2 cameras x components) vs low-dim IQL on Lift's privileged obs (19)."""
+    n, act_dim = min(args.transitions, 100_000), 7
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(n, 19, generator=gen)
+    data = (obs, torch.rand(n, act_dim, generator=gen) * 2 - 1, torch.rand(n, generator=gen),
+            (torch.rand(n, generator=gen) < 0.001).float(), torch.roll(obs, -1, 0))
+    features, feature_dim = ours_features(9, 2, args.components, 256, act_dim, n, device)
+    contenders = {"low-dim IQL (privileged obs 19)": ours(19, act_dim, data, device)[0],
+                  f"feature IQL (9 + 2x{args.components} = {feature_dim})": features}
+    for fn in contenders.values():
+        rate(fn, 10, device)
+    rates = {k: [] for k in contenders}
+    for _ in range(args.rounds):
+        for name, fn in contenders.items():
+            rates[name].append(rate(fn, args.feature_steps, device))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    base = med["low-dim IQL (privileged obs 19)"]
+    header = f"{'contender':<36}{'updates/s':>10}{'x low-dim':>11}"
+    print(f"\nfeature IQL (pixel policy on cached frozen-encoder features), act {act_dim}, batch 256, "
+          f"{args.rounds} rounds x {args.feature_steps} updates\n{header}\n{'-' * len(header)}")
+    for name, r in med.items():
+        print(f"{name:<36}{r:>10.1f}{r / base:>10.2f}x")
+    print(f"load average {load_average():.1f} (target: feature IQL >= 0.8x low-dim)")
 
 
 if __name__ == "__main__":
