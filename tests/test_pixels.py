@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from robot_pref.data.dataset import TrajectoryDataset
+from robot_pref.data.dataset import DatasetError, TrajectoryDataset
 from robot_pref.envs.collect import collect
 from robot_pref.envs.commands import CollectConfig
 from robot_pref.rl import TrainConfig, load_policy
@@ -110,6 +110,10 @@ def test_object_state_in_a_pixel_spec_is_a_clear_error(lift, tmp_path):
     with pytest.raises(ObsSpecError, match=r"'cube_pos' is privileged object state.*preset: privileged"):
         train(cfg)
     assert not (out / "last.pt").exists()
+    cfg.obs = {"preset": "pixels", "size": SIZE}  # features not cached yet: the error gives the command
+    with pytest.raises(DatasetError, match=rf"3 of 3 episodes are not encoded.*robot-pref encode "
+                                           rf"--dataset {dataset} --cameras {KEYS[0]},{KEYS[1]} --encoder resnet18"):
+        train(cfg)
     with pytest.raises(ObsSpecError, match="no proprio or cameras"):
         ObsSpec.parse({"preset": "privileged", "cameras": ["agentview"]})
     with pytest.raises(ObsSpecError, match="unknown field.*'object'"):

@@ -88,7 +88,7 @@ class CompareConfig:
 class EncodeConfig:
     dataset: str = field(default="", metadata={"help": "zarr dataset whose frames are encoded (written to)"})
     cameras: tuple[str, ...] = field(default=("agentview_84",), metadata={
-        "help": "frame keys to encode (rendered first), e.g. agentview_84 robot0_eye_in_hand_84"})
+        "help": "frame keys to encode (rendered first), comma separated: agentview_84,robot0_eye_in_hand_84"})
     encoder: str = field(default="resnet18", metadata={
         "help": "frozen encoder: reward:DIR (a fit-reward output), resnet18[:WEIGHTS.pt] (random or local "
                 "weights), open_clip:DIR (local open_clip_config.json + weights); nothing is downloaded"})

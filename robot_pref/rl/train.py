@@ -86,7 +86,7 @@ def _observation_arrays(cfg: TrainConfig, ds: TrajectoryDataset):
             undone = int((~ds.encoded_episodes(key.split("/", 1)[1])).sum())
             if undone:
                 raise DatasetError(f"{key}: {undone} of {ds.n_episodes} episodes are not encoded; run `robot-pref "
-                                   f"encode --dataset {ds.path} --cameras {' '.join(cameras)} --encoder {obs.encoder}`")
+                                   f"encode --dataset {ds.path} --cameras {','.join(cameras)} --encoder {obs.encoder}`")
             lowdim[key] = ds.get(key)
             inputs[key] = {"source": f"frames/{cam}"}
             extra["encoders"][key] = encoder.desc
