@@ -200,3 +200,32 @@ def test_hybrid_runs_through_the_pipeline(square, tmp_path, ray_session):
     assert report["labels"]["labeler"] == "hybrid" and report["labels"]["run_counts"]["human_answered"] == 12
     assert report["labels"]["sources"]["human"]["accuracy"] == 1.0
     assert (load_labels(tmp_path / "run" / "labels").extra["source"] == "human").sum() == 12
+
+
+def test_queue_mode_merges_what_people_answered_and_drops_answers_about_overwritten_frames(tmp_path):
+    from robot_pref.feedback.human_queue import QUEUE_NAME, human_answer, human_answers, read_queue
+    from robot_pref.feedback.store import SKIPPED, STORE_NAME, LabelStore
+
+    ds = make_square_dataset(tmp_path / "square.zarr", episodes=6, length=20, size=32)
+    cfg = hybrid_cfg(ds, tmp_path / "labels", fraction=0.1)
+    cfg = dataclasses.replace(cfg, hybrid=dataclasses.replace(cfg.hybrid, human="queue"))
+    counts = label(cfg)["counts"]
+    queue = read_queue(tmp_path / "labels" / QUEUE_NAME)
+    assert counts["human_pending"] == len(queue) == queue.budget == 12 and counts["human_answered"] == 0
+    assert queue.dataset_identity == ds.identity and queue.segment == 1 and queue.camera == "agentview_32"
+    p0, p1, p2 = queue.pairs[:3]
+    with LabelStore(tmp_path / "labels" / STORE_NAME) as store:  # what the page commits, one row per person
+        store.put([human_answer(queue, ds, p0, "ann", 1, LABELED), human_answer(queue, ds, p1, "ann", 0, LABELED),
+                   human_answer(queue, ds, p1, "bob", 1, LABELED), human_answer(queue, ds, p2, "ann", -1, SKIPPED)])
+    counts = label(cfg)["counts"]
+    assert counts["human_answered"] == 2 and counts["human_pending"] == 10
+    labels = load_labels(tmp_path / "labels")
+    row = {(a, b): i for i, (a, b) in enumerate(zip(labels.index_a.tolist(), labels.index_b.tolist()))}
+    assert labels.label[row[p0]] == 1 and labels.extra["person"][row[p0]] == "ann"
+    assert labels.label[row[p1]] == -1 and labels.extra["person"][row[p1]] == "ann+bob"  # they contradict
+    assert labels.extra["source"][row[p2]] == "teacher" and (labels.extra["source"] == "human").sum() == 2
+    assert len(load_labels(tmp_path / "labels" / "human")) == 3
+    # a new dataset written at the same path: the answers were about other frames and are not merged
+    new = make_square_dataset(tmp_path / "square.zarr", episodes=6, length=20, size=32)
+    assert len(human_answers(tmp_path / "labels")) == 3 and len(human_answers(tmp_path / "labels", dataset=new)) == 0
+    assert label(cfg)["counts"]["human_answered"] == 0
