@@ -504,6 +504,43 @@ def test_source_weights_scale_each_pairs_loss():
     torch.testing.assert_close(preference_loss(r_a, r_b, y, weight=w), (w * per_pair).mean())
 
 
+def test_validation_and_early_stopping_use_the_source_weights(trained, dataset):
+    """Held-out pairs where the model agrees with every "human" label and contradicts every "vlm" label
+    (half each): validation accuracy, loss, the auto flip rate and the report's val_accuracy must count
+    each pair by its source weight, as the training loss does (unweighted, all of them read 0.5)."""
+    from robot_pref.reward.evaluation import evaluate
+    from robot_pref.reward.train import InputCache, Pairs, estimate_label_noise, pair_rewards, source_weights, validate
+
+    model, _, _ = trained
+    rng = np.random.default_rng(11)
+    a, b = rng.integers(0, dataset.n_frames, 400), rng.integers(0, dataset.n_frames, 400)
+    inputs = InputCache(model, dataset, KEY, np.concatenate([a, b]))
+    a, b = a[:, None], b[:, None]  # clips of one frame, as `fit` passes them
+    ra, rb = (r.mean(0).numpy() for r in pair_rewards(model, inputs, Pairs(a, b, np.zeros(400, np.float32))))
+    keep = ra != rb
+    a, b, model_says_b = a[keep], b[keep], (rb > ra)[keep].astype(np.float32)
+    source = np.where(np.arange(len(a)) % 2 == 0, "human", "vlm")
+    y = np.where(source == "human", model_says_b, 1 - model_says_b).astype(np.float32)
+
+    def val(weights):
+        return validate(model, inputs, Pairs(a, b, y, source_weights(source, weights, len(a))), label_noise=None)
+
+    human_only, plain, human_3x = val({"vlm": 0.0}), val({}), val({"human": 3.0})
+    assert human_only["accuracy"] == 1.0 and plain["accuracy"] == pytest.approx(0.5, abs=0.01)
+    assert human_3x["accuracy"] == pytest.approx(3 * 0.5 / (3 * 0.5 + 0.5), abs=0.01)  # 0.75
+    assert human_only["label_noise"] == 0.0 < plain["label_noise"]
+    d = rb[keep] - ra[keep]
+    assert estimate_label_noise(d, y, (source == "human").astype(float)) == estimate_label_noise(
+        d[source == "human"], y[source == "human"])  # weight 0 = left out
+    assert human_only["loss"] < 0.5 * plain["loss"]
+    human = source == "human"
+    only = validate(model, inputs, Pairs(a[human], b[human], y[human]), label_noise=0.0)
+    weighted = validate(model, inputs, Pairs(a, b, y, source_weights(source, {"vlm": 0.0}, len(a))), label_noise=0.0)
+    assert weighted["loss"] == pytest.approx(only["loss"], rel=1e-5)  # weighted mean, not diluted by the zeros
+    report = evaluate(model, dataset, KEY, Pairs(a, b, y, source_weights(source, {"vlm": 0.0}, len(a))))
+    assert report["val_accuracy"] == 1.0
+
+
 def test_progress_loss_is_free_in_offset_and_scale_and_masks_missing_progress():
     from robot_pref.reward.train import progress_loss
 

@@ -58,7 +58,8 @@ def evaluate(model: RewardModel, ds: TrajectoryDataset, frame_key: str, val_pair
     r = frame_rewards(model, ds, frame_key, clips.ravel()).reshape(clips.shape).sum(-1)
     ra, rb = r[: len(val)], r[len(val) :]
     report: dict = {"val_decided_pairs": len(val),
-                    "val_accuracy": float(np.mean((rb > ra) == (val.y > 0.5))) if len(val) else None}
+                    "val_accuracy": (float(np.average((rb > ra) == (val.y > 0.5), weights=val.w))  # as `validate`
+                                     if val.w.sum() > 0 else None)}
     if not ds.has_ground_truth("reward"):
         return report
     true = ds.ground_truth("reward")

@@ -175,25 +175,29 @@ NOISE_GRID = np.round(np.arange(0.0, 0.451, 0.005), 3)  # candidate flip rates
 TEMPERATURE_GRID = np.geomspace(0.05, 20.0, 41)  # candidate scales of the reward difference
 
 
-def estimate_label_noise(d: np.ndarray, y: np.ndarray) -> float:
+def estimate_label_noise(d: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None) -> float:
     """The flip rate eps that best explains held-out labels ``y`` given the model's reward differences
     ``d`` = r(b) - r(a): argmax over eps of max over a temperature t of
 
-        sum_i log[(1 - eps) sigma(t d_i) + eps sigma(-t d_i)]   (for y_i = 1; mirrored for y_i = 0)
+        sum_i w_i log[(1 - eps) sigma(t d_i) + eps sigma(-t d_i)]   (for y_i = 1; mirrored for y_i = 0)
+
+    with w_i the pair's source weight (default 1), the same weighting as the training loss, so a source
+    weighted 0 does not set the flip rate the others are trained with.
 
     The temperature absorbs a miscalibrated scale (an unsure model is explained by a small t, not by
     flips), so eps measures the labels the model contradicts confidently: the flip-rate plateau of the
     noise-aware Bradley-Terry model. Grid search over `NOISE_GRID` x `TEMPERATURE_GRID` (cheap: a few
     thousand held-out pairs); ties go to the smaller eps."""
     d, y = np.asarray(d, np.float64), np.asarray(y, np.float64)
-    if len(d) == 0:
+    w = np.ones_like(d) if weight is None else np.asarray(weight, np.float64)
+    if len(d) == 0 or w.sum() <= 0:
         return 0.0
     z = TEMPERATURE_GRID[:, None] * d[None] / (np.std(d) + 1e-8)  # (T, N), scale-free in r
     log_s, log_1ms = -np.logaddexp(0, -z), -np.logaddexp(0, z)  # log sigma(z), log sigma(-z)
     keep, flip = np.log1p(-NOISE_GRID)[:, None, None], np.log(np.maximum(NOISE_GRID, 1e-300))[:, None, None]
     log_p_b = np.logaddexp(keep + log_s, flip + log_1ms)  # (E, T, N)
     log_p_a = np.logaddexp(keep + log_1ms, flip + log_s)
-    loglik = (y * log_p_b + (1 - y) * log_p_a).sum(-1).max(-1)  # (E,): best temperature per eps
+    loglik = (w * (y * log_p_b + (1 - y) * log_p_a)).sum(-1).max(-1)  # (E,): best temperature per eps
     return float(NOISE_GRID[int(np.argmax(loglik > loglik.max() - 1e-9))])
 
 
@@ -238,15 +242,17 @@ def pair_rewards(model: RewardModel, inputs: InputCache, pairs: Pairs,
 
 
 def validate(model: RewardModel, inputs: InputCache, pairs: Pairs, label_noise: float | None) -> dict[str, float]:
-    """Loss and preference accuracy of the ensemble mean on held-out pairs (ties excluded from accuracy);
-    with ``label_noise`` None, also the flip rate estimated from them (`estimate_label_noise`), which
-    the loss then uses."""
+    """Loss and preference accuracy of the ensemble mean on held-out pairs (ties excluded from accuracy),
+    both weighted by each pair's source weight like the training loss, so early stopping and the best
+    epoch follow the sources the fit trusts (a source weighted 0 does not count); with ``label_noise``
+    None, also the flip rate estimated from them (`estimate_label_noise`), which the loss then uses."""
     ra, rb = pair_rewards(model, inputs, pairs)
-    ra, rb, y = ra.mean(0), rb.mean(0), torch.from_numpy(pairs.y)
-    decided = y != 0.5
-    acc = ((rb > ra) == (y > 0.5))[decided].float().mean().item() if decided.any() else float("nan")
-    eps = estimate_label_noise((rb - ra).numpy(), pairs.y) if label_noise is None else label_noise
-    loss = preference_loss(ra, rb, y, eps).item() if len(y) else float("nan")
+    ra, rb, y, w = ra.mean(0), rb.mean(0), torch.from_numpy(pairs.y), torch.from_numpy(pairs.w)
+    decided = (y != 0.5) & (w > 0)
+    correct = ((rb > ra) == (y > 0.5)).float()
+    acc = ((w * correct)[decided].sum() / w[decided].sum()).item() if decided.any() else float("nan")
+    eps = estimate_label_noise((rb - ra).numpy(), pairs.y, pairs.w) if label_noise is None else label_noise
+    loss = preference_loss(ra, rb, y, eps, w / w.mean()).item() if w.sum() > 0 else float("nan")  # weighted mean
     return {"loss": loss, "accuracy": acc, "label_noise": eps}
 
 
