@@ -90,12 +90,13 @@ class MockVLM:
     def __init__(self, latency: float = 0.0, faults: Callable[[Request], str | None] | None = None,
                  retry_after: str = "1", slow_s: float = 5.0, api_key: str | None = None, tie_margin: float = 0.002,
                  truth: Callable[[np.ndarray], float] | None = None, errors: VLMErrorModel | None = None,
-                 seed: int = 0, progress_noise: float = 0.0):
+                 seed: int = 0, progress_noise: float = 0.0, port: int = 0):
         if errors is not None and truth is None:
             raise ValueError("an error model needs the true progress of each image: pass truth=TruthTable(ds, key)")
         self.latency, self.faults, self.retry_after, self.slow_s = latency, faults, retry_after, slow_s
         self.api_key, self.tie_margin = api_key, tie_margin
         self.truth, self.errors, self.seed, self.progress_noise = truth, errors, seed, progress_noise
+        self.port = port  # 0: any free port
         self.requests: list[Request] = []  # authorised requests, in arrival order
         self.rejected = 0  # requests refused for a wrong API key
         self._seen: dict[str, int] = {}
@@ -128,7 +129,7 @@ class MockVLM:
             def do_POST(self):
                 server._handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
@@ -167,7 +168,7 @@ class MockVLM:
     def progress(self, frames: list[np.ndarray]) -> str:
         """A progress (GVL) reply: 'Frame j: p%' per frame, true progress plus N(0, progress_noise) percent
         (without ``truth``: the red share of the view), clipped to 0..100."""
-        p = np.asarray([self.truth(f) if self.truth else red_fraction(f) for f in frames]) * 100.0
+        p = np.asarray([self.truth(f) if self.truth is not None else red_fraction(f) for f in frames]) * 100.0
         if self.progress_noise:
             seed = int(hashlib.sha256(f"{self.seed}:".encode() + "".join(frame_digest(f) for f in frames).encode())
                        .hexdigest()[:16], 16)
@@ -217,11 +218,15 @@ class MockVLM:
             reply = ""
         elif kind == "label":
             reply = self.answer_from_analysis(text)
-        elif kind == "progress":
-            reply = self.progress([decode(u) for u in images])
         else:
-            analysis, answer = self.judge([decode(u) for u in images])
-            reply = answer if kind == "single" else analysis
+            try:
+                if kind == "progress":
+                    reply = self.progress([decode(u) for u in images])
+                else:
+                    analysis, answer = self.judge([decode(u) for u in images])
+                    reply = answer if kind == "single" else analysis
+            except KeyError as err:  # a frame the truth table lacks: say why (a 400 is not retried)
+                return self._send(h, 400, {"error": {"message": err.args[0], "type": "invalid_request_error"}})
         if fault == "truncated":
             reply, finish = reply[: len(reply) // 2], "length"
         time.sleep(max(0.0, self.latency - (time.monotonic() - record.t)))  # latency = arrival to answer
@@ -268,13 +273,32 @@ def decode(data_url: str) -> np.ndarray:
 
 
 def main() -> None:
-    """``python -m robot_pref.feedback.mock_server --latency 0.3``: serve until interrupted (prints the URL)."""
+    """``python -m robot_pref.feedback.mock_server --latency 0.3 [--dataset X.zarr --camera agentview_64]``:
+    serve until interrupted (prints the URL); with a simulated dataset, answer from its hidden true
+    progress through the default vlm-like error model (progress replies: ``--progress-noise`` percent),
+    as `label-audit --mock` does, so `robot-pref label` can be tried against known truth by hand."""
     import argparse
 
-    p = argparse.ArgumentParser(description="local OpenAI-compatible server judging frames by red pixels")
+    p = argparse.ArgumentParser(description="local OpenAI-compatible server judging frames by red pixels, or by "
+                                            "a simulated dataset's hidden true progress")
     p.add_argument("--latency", type=float, default=0.0)
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free one); the vlm cache key "
+                                                       "holds the URL, so a fixed port lets a rerun reuse its answers")
+    p.add_argument("--dataset", default="", help="simulated dataset whose ground truth the answers come from")
+    p.add_argument("--camera", default="", help="its frame key (with --dataset)")
+    p.add_argument("--progress-noise", type=float, default=5.0, help="progress replies: N(0, this) percent noise")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-question error draws")
     args = p.parse_args()
-    with MockVLM(latency=args.latency) as server:
+    truth = errors = None
+    if args.dataset:
+        from robot_pref.data.dataset import TrajectoryDataset
+
+        if not args.camera:
+            p.error("--dataset needs --camera (a frame key of it, e.g. agentview_64)")
+        truth, errors = TruthTable(TrajectoryDataset.open(args.dataset), args.camera), VLMErrorModel()
+    with MockVLM(latency=args.latency, truth=truth, errors=errors,
+                 progress_noise=args.progress_noise if truth is not None else 0.0, seed=args.seed,
+                 port=args.port) as server:
         print(server.url, flush=True)
         try:
             threading.Event().wait()
