@@ -60,3 +60,38 @@ def test_audit_refuses_bad_input(ds, tmp_path):
         label_audit(LabelAuditConfig(dataset=ds.path, labelers=[str(tmp_path / "x.yaml")], camera="agentview"))
     with pytest.raises(ValueError, match="--labelers"):
         label_audit(LabelAuditConfig(dataset=ds.path, camera="agentview"))
+
+
+def test_mock_server_cli_answers_from_the_datasets_hidden_truth(ds, tmp_path):
+    """`python -m robot_pref.feedback.mock_server --dataset X --camera K`: what `robot-pref label` is pointed at
+    by hand; noiseless progress answers give the true order, and a frame not in the dataset (JPEG changes the
+    pixels) is refused with a 400, failing the query without retries."""
+    import subprocess
+    import sys
+
+    from robot_pref.feedback.config import LabelConfig, ProgressConfig, VLMConfig
+    from robot_pref.feedback.run import label
+    from robot_pref.feedback.store import load_labels
+
+    proc = subprocess.Popen([sys.executable, "-m", "robot_pref.feedback.mock_server", "--dataset", ds.path,
+                             "--camera", "agentview_64", "--progress-noise", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        out = tmp_path / "gvl"
+        summary = label(LabelConfig(dataset=ds.path, camera="agentview_64", labeler="progress", pairs=24,
+                                    out=str(out), progress=False,
+                                    gvl=ProgressConfig(base_url=url, model="mock", frames=4, concurrency=2)))
+        assert summary["counts"]["requests"] == 4 and summary["counts"]["failed"] == 0
+        labels, reward = load_labels(out), ds.ground_truth("reward")
+        order = (reward[labels.index_b] > reward[labels.index_a]).astype(int)
+        strict = reward[labels.index_a] != reward[labels.index_b]
+        assert len(labels) == 24 and (labels.label[strict] == order[strict]).all()
+        summary = label(LabelConfig(dataset=ds.path, camera="agentview_64", labeler="vlm", pairs=2,
+                                    out=str(tmp_path / "jpeg"), progress=False,
+                                    vlm=VLMConfig(base_url=url, model="mock", image_format="jpeg",
+                                                  prompt="single-stage", max_retries=6)))
+        assert summary["counts"]["failed"] == 2 and summary["counts"]["labels"] == 0
+    finally:
+        proc.terminate()
+        proc.wait()
