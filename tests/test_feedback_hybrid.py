@@ -189,6 +189,16 @@ def test_label_report_per_source_accuracy_and_agreement_on_a_known_construction(
     assert json.loads((tmp_path / "labels" / "label_report.json").read_text())["agreement"] == report["agreement"]
 
 
+def test_a_pipeline_run_is_told_to_drop_the_label_stage_marker_to_merge(tmp_path):
+    from robot_pref.feedback.human_queue import merge_hint
+
+    (tmp_path / "run" / "stages").mkdir(parents=True)  # RUN/labels next to RUN/stages: a `robot-pref run`
+    hint = merge_hint(tmp_path / "run" / "labels")
+    assert f"`rm {tmp_path / 'run' / 'stages' / 'label.json'} && robot-pref run CONFIG`" in hint
+    assert "a plain rerun skips the finished label stage" in hint
+    assert "robot-pref label --labeler hybrid" in merge_hint(tmp_path / "labels")
+
+
 def test_hybrid_runs_through_the_pipeline(square, tmp_path, ray_session):
     from robot_pref.pipeline.run import RunConfig, run_pipeline
     from robot_pref.render.render import RenderConfig
@@ -202,14 +212,20 @@ def test_hybrid_runs_through_the_pipeline(square, tmp_path, ray_session):
     assert (load_labels(tmp_path / "run" / "labels").extra["source"] == "human").sum() == 12
 
 
-def test_queue_mode_merges_what_people_answered_and_drops_answers_about_overwritten_frames(tmp_path):
+def test_queue_mode_merges_what_people_answered_and_drops_answers_about_overwritten_frames(tmp_path, caplog):
     from robot_pref.feedback.human_queue import QUEUE_NAME, human_answer, human_answers, read_queue
     from robot_pref.feedback.store import SKIPPED, STORE_NAME, LabelStore
 
     ds = make_square_dataset(tmp_path / "square.zarr", episodes=6, length=20, size=32)
     cfg = hybrid_cfg(ds, tmp_path / "labels", fraction=0.1)
     cfg = dataclasses.replace(cfg, hybrid=dataclasses.replace(cfg.hybrid, human="queue"))
-    counts = label(cfg)["counts"]
+    with caplog.at_level("WARNING", logger="robot_pref.feedback.hybrid"):
+        counts = label(cfg)["counts"]
+    # an unanswered queue says what to do next: serve it, then rerun the same label command
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("12 of the 12 pairs routed to people have no human answer yet")
+    assert f"robot-pref label-ui --dataset {ds.path} --labels {tmp_path / 'labels'}`" in warning
+    assert "rerunning the same `robot-pref label --labeler hybrid` command" in warning
     queue = read_queue(tmp_path / "labels" / QUEUE_NAME)
     assert counts["human_pending"] == len(queue) == queue.budget == 12 and counts["human_answered"] == 0
     assert queue.dataset_identity == ds.identity and queue.segment == 1 and queue.camera == "agentview_32"

@@ -97,6 +97,18 @@ def read_queue(path: str | Path) -> HumanQueue:
     return HumanQueue(**data)
 
 
+def merge_hint(labels_dir: str | Path) -> str:
+    """How people's answers reach the labels: a `robot-pref label` rerun, or in a `robot-pref run` directory
+    (``RUN/labels``, next to ``RUN/stages``) a pipeline rerun once the finished label stage's marker is gone."""
+    run_dir = Path(labels_dir).parent
+    if (run_dir / "stages").is_dir():
+        return (f"merge their answers with `rm {run_dir / 'stages' / 'label.json'} && robot-pref run CONFIG` (the "
+                "same config; a plain rerun skips the finished label stage): label reruns on its cached answers "
+                "and merges theirs, then every stage after it")
+    return ("merge their answers by rerunning the same `robot-pref label --labeler hybrid` command (the machine's "
+            "answers are cached: nothing is asked again)")
+
+
 def answer_key(queue: HumanQueue, frame_ids: tuple[str, str], person: str) -> str:
     """What one person's answer is about: the shown frames (by identity), goal, camera, segment."""
     about = {"type": LABELER, "goal": queue.goal, "camera": queue.camera, "segment": queue.segment,

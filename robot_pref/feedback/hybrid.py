@@ -36,7 +36,7 @@ from typing import ClassVar
 import numpy as np
 
 from robot_pref.feedback.config import HybridConfig, LabelConfig, TeacherConfig
-from robot_pref.feedback.human_queue import HUMAN, QUEUE_NAME, human_answers, write_queue
+from robot_pref.feedback.human_queue import HUMAN, QUEUE_NAME, human_answers, merge_hint, write_queue
 from robot_pref.feedback.labelers import Labeler, labeler_class
 from robot_pref.feedback.samplers import make_sampler, resolve
 from robot_pref.feedback.store import (ABSTAINED, FAILED, LABEL_STATUSES, LABELED, UNPARSABLE, Answer, LabelSet,
@@ -241,13 +241,20 @@ def ask_queue(cfg: LabelConfig, ds, frame_key: str, out: Path, goal: str, pairs,
     write_queue(path, list(zip(pairs[0].tolist(), pairs[1].tolist())), goal=goal, camera=frame_key,
                 dataset_identity=ds.identity, segment=shown.segment, segment_stride=shown.segment_stride,
                 reasons=[str(r) for r in reasons], budget=budget)
-    log.info("human queue: %d pairs -> %s (answer them with `robot-pref label-ui --dataset %s --labels %s "
-             "--queue %s`, then rerun to merge)", len(pairs[0]), path, cfg.dataset, out, path)
+    log.info("human queue: %d pairs -> %s", len(pairs[0]), path)
     answered = human_answers(out, dataset=ds)
     return [Answer(str(k), int(a), int(b), int(lab), ABSTAINED if lab == -1 else LABELED, "",
                    {"source": HUMAN, "person": str(p)})
             for k, a, b, lab, p in zip(answered.extra["key"], answered.index_a, answered.index_b, answered.label,
                                        answered.extra["person"])]
+
+
+def pending_message(cfg: LabelConfig, out: Path, routed: int, pending: int) -> str:
+    """What to do about queued pairs nobody answered yet: serve them, then merge."""
+    queue = f" --queue {cfg.hybrid.queue}" if cfg.hybrid.queue else ""
+    return (f"{pending} of the {routed} pairs routed to people have no human answer yet and keep the machine's "
+            f"label. Next: `robot-pref label-ui --dataset {cfg.dataset} --labels {out}{queue}` "
+            f"(http://127.0.0.1:8000/), people answer; then {merge_hint(out)}")
 
 
 def people_labels(pairs, rows: list[Answer]) -> tuple[dict[int, tuple[int, str, str]], list[Answer]]:
@@ -332,6 +339,7 @@ class HybridLabeler(Labeler):
         if h.human == "teacher":
             rows = ask_simulated(cfg, ds, frame_key, store, self.goal, pairs, self.segment, bar, counts)
         else:
+            bar.close()  # the queue asks nobody now: its lines on lines of their own, not after the bar
             rows = ask_queue(cfg, ds, frame_key, Path(store.path).parent, self.goal, pairs, reasons[chosen], self,
                              budget)
         merged, oriented = people_labels(pairs, rows)
@@ -352,6 +360,8 @@ class HybridLabeler(Labeler):
             else:
                 results[i] = dataclasses.replace(a, meta={**a.meta, **meta, "source": h.machine, "person": ""})
         counts.update(human_answered=len(human_of), human_pending=len(chosen) - len(human_of))
+        if h.human == "queue" and counts["human_pending"]:
+            log.warning(pending_message(cfg, Path(store.path).parent, len(chosen), counts["human_pending"]))
 
     def label_set(self, answers: list[Answer]) -> LabelSet:
         table = answers_to_label_set(answers)

@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 
 from robot_pref.data.dataset import TrajectoryDataset
 from robot_pref.feedback.config import LABEL_TOKEN_ENV, LabelUIConfig
-from robot_pref.feedback.human_queue import QUEUE_NAME, read_queue
+from robot_pref.feedback.human_queue import QUEUE_NAME, merge_hint, read_queue
 from robot_pref.feedback.store import STORE_NAME, LabelStore
 from robot_pref.feedback.web.session import Conflict, LabelSession
 
@@ -158,5 +158,6 @@ def label_ui(cfg: LabelUIConfig) -> None:
                          f"annotators open it with (export {LABEL_TOKEN_ENV}=SECRET; --token also works but shows in "
                          "ps), or bind 127.0.0.1")
     app = create_app(cfg, token)
-    log.info("labeling page at http://%s:%d/%s", cfg.host, cfg.port, "?token=..." if token else "")
+    log.info("labeling page at http://%s:%d/%s; when people are done, stop it (Ctrl-C) and %s", cfg.host,
+             cfg.port, "?token=..." if token else "", merge_hint(cfg.labels))
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
