@@ -213,7 +213,7 @@ def test_hybrid_runs_through_the_pipeline(square, tmp_path, ray_session):
 
 
 def test_queue_mode_merges_what_people_answered_and_drops_answers_about_overwritten_frames(tmp_path, caplog):
-    from robot_pref.feedback.human_queue import QUEUE_NAME, human_answer, human_answers, read_queue
+    from robot_pref.feedback.human_queue import QUEUE_NAME, answers_state, human_answer, human_answers, read_queue
     from robot_pref.feedback.store import SKIPPED, STORE_NAME, LabelStore
 
     ds = make_square_dataset(tmp_path / "square.zarr", episodes=6, length=20, size=32)
@@ -230,10 +230,15 @@ def test_queue_mode_merges_what_people_answered_and_drops_answers_about_overwrit
     assert counts["human_pending"] == len(queue) == queue.budget == 12 and counts["human_answered"] == 0
     assert queue.dataset_identity == ds.identity and queue.segment == 1 and queue.camera == "agentview_32"
     p0, p1, p2 = queue.pairs[:3]
+    assert answers_state(tmp_path / "labels") == ""  # the machine's answers are no people's
     with LabelStore(tmp_path / "labels" / STORE_NAME) as store:  # what the page commits, one row per person
         store.put([human_answer(queue, ds, p0, "ann", 1, LABELED), human_answer(queue, ds, p1, "ann", 0, LABELED),
-                   human_answer(queue, ds, p1, "bob", 1, LABELED), human_answer(queue, ds, p2, "ann", -1, SKIPPED)])
+                   human_answer(queue, ds, p1, "bob", 1, LABELED)])
+        state = answers_state(tmp_path / "labels")
+        store.put([human_answer(queue, ds, p2, "ann", -1, SKIPPED)])
+    assert state != "" and answers_state(tmp_path / "labels") == state  # a skip is no label
     counts = label(cfg)["counts"]
+    assert answers_state(tmp_path / "labels") == state  # merging changes nothing people said
     assert counts["human_answered"] == 2 and counts["human_pending"] == 10
     labels = load_labels(tmp_path / "labels")
     row = {(a, b): i for i, (a, b) in enumerate(zip(labels.index_a.tolist(), labels.index_b.tolist()))}

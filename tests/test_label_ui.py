@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from robot_pref.data.dataset import TrajectoryDataset
-from robot_pref.feedback.human_queue import QUEUE_NAME, human_answers, human_rows, read_queue, write_queue
+from robot_pref.feedback.human_queue import QUEUE_NAME, answers_state, human_answers, human_rows, read_queue, write_queue
 from robot_pref.feedback.store import SKIPPED, STORE_NAME, LabelStore, load_labels
 from robot_pref.feedback.synthetic import make_square_dataset
 from robot_pref.feedback.web.session import Conflict, LabelSession
@@ -287,7 +287,9 @@ def test_leases_expire_overlap_pairs_go_to_two_people_and_conflicts_are_refused(
             session.answer("bob", queue.pairs[0], "left", 1.0)
         with pytest.raises(Conflict, match="nothing to undo"):
             session.undo("ivy")
+        state = answers_state(labels)
         assert session.undo("cat") == 1 and session.answered_by(1) == set()
+        assert answers_state(labels) not in (state, "")  # an undo changes what people said (ann's answer stays)
         with pytest.raises(Conflict, match="not in this queue"):
             session.answer("ann", (10**6, 0), "left", 1.0)
         with pytest.raises(ValueError, match="choice must be one of"):

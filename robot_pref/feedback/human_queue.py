@@ -109,6 +109,19 @@ def merge_hint(labels_dir: str | Path) -> str:
             "answers are cached: nothing is asked again)")
 
 
+def answers_state(labels_dir: str | Path) -> str:
+    """A digest of what people answered through the page in ``labels_dir``'s store ('' when nothing): it
+    changes when someone answers, re-answers or undoes, not on skips, machine answers or simulated people.
+    Meant for a pipeline label stage's fingerprint: a rerun relabels (merges) once people have answered."""
+    path = Path(labels_dir) / STORE_NAME
+    if not path.is_file():
+        return ""
+    with LabelStore(path) as store:
+        rows = sorted((a.key, a.status, a.label) for a in human_rows(store)
+                      if a.meta.get("labeler") == LABELER and a.status in LABEL_STATUSES)
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16] if rows else ""
+
+
 def answer_key(queue: HumanQueue, frame_ids: tuple[str, str], person: str) -> str:
     """What one person's answer is about: the shown frames (by identity), goal, camera, segment."""
     about = {"type": LABELER, "goal": queue.goal, "camera": queue.camera, "segment": queue.segment,
