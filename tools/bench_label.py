@@ -16,11 +16,17 @@ queries (``segN``: pairwise on clips of N frames, 2N images per request) through
 against the mock answering from hidden truth (pairwise and segments: the vlm-like error model;
 progress: 5% noise), with the injected latency: labels per request and per second at equal request
 budgets; with ``--fit``, the reward quality after fitting on each (held-out true-order accuracy on
-uniform random pairs, Spearman over all frames). Every fit gets the same number of gradient steps
-(``--fit-steps``, epochs = steps x batch / training pairs, at most 30), so a design with 100x the
-pairs is not also given 100x the compute.
+uniform random pairs, Spearman over all frames). Every fit gets about the same budget of gradient
+steps (``--fit-steps``: epochs = steps / (training pairs // 64), at least one epoch, so a set of more
+than 64 x steps pairs gets one full epoch), so a design with 100x the pairs is not also given 100x
+the compute; early stopping (no better validation accuracy for a quarter of the epochs, at least 5)
+can end a fit sooner, and the best epoch's weights are kept. The table reports the training pairs
+(all usable labels but the 20% validation split: no pair is dropped) and the steps each fit took.
 
     .venv/bin/python tools/bench_label.py --designs pairwise,4,8,16,8p,seg4 --budgets 250,500,1000 --fit
+
+Labelling and fitting can run on different machines: ``--keep WORK`` (label only, without ``--fit``)
+keeps the labels and rows, ``--fit-from WORK [--fit-seeds 0,1,2]`` fits them elsewhere (a GPU).
 """
 
 from __future__ import annotations
@@ -148,17 +154,21 @@ def reward_quality(ds, frame_key: str, labels, held_out: tuple[np.ndarray, np.nd
     from robot_pref.reward.train import fit
 
     usable = int(((labels.label != -1) & (labels.index_a != labels.index_b)).sum() * 0.8)  # training pairs
-    epochs = int(np.clip(round(steps * 64 / max(usable, 1)), 1, 30))
-    cfg = FitRewardConfig(dataset=ds.path, camera=frame_key, ensemble=1, epochs=epochs, patience=5, seed=seed,
+    epochs = max(1, round(steps / max(usable // 64, 1)))  # one epoch = usable // 64 steps (at least one)
+    patience = max(5, epochs // 4)  # in epochs: a quarter of the step budget, also for one-step epochs
+    cfg = FitRewardConfig(dataset=ds.path, camera=frame_key, ensemble=1, epochs=epochs, patience=patience, seed=seed,
                           augment="none", min_pairs=0, device="auto", progress_weight=progress_weight)
-    model, _ = fit(ds, labels.index_a, labels.index_b, labels.label, cfg, progress=False, segment=segment,
-                   extra=labels.extra)
+    model, report = fit(ds, labels.index_a, labels.index_b, labels.label, cfg, progress=False, segment=segment,
+                        extra=labels.extra)
+    train_pairs = report["counts"]["train_pairs"]
+    run = len(report["history"]) * max(train_pairs // 64, 1)  # steps actually taken (early stopping ends some)
     true = ds.ground_truth("reward")
     pred = frame_rewards(model, ds, frame_key, np.arange(ds.n_frames))
     a, b = held_out
     strict = true[a] != true[b]
     acc = float(np.mean((pred[b] > pred[a])[strict] == (true[b] > true[a])[strict]))
-    return {"held_out_accuracy": round(acc, 3), "spearman": round(float(spearmanr(pred, true).statistic), 3)}
+    return {"train_pairs": train_pairs, "fit_steps": run,
+            "held_out_accuracy": round(acc, 3), "spearman": round(float(spearmanr(pred, true).statistic), 3)}
 
 
 def start_ray(tries: int = 3) -> None:
@@ -175,11 +185,55 @@ def start_ray(tries: int = 3) -> None:
                 raise
 
 
+def open_design_dataset(tmp: Path, dataset: str, camera: str):
+    from robot_pref.data.dataset import TrajectoryDataset
+
+    if dataset:
+        return TrajectoryDataset.open(dataset), camera
+    return make_square_dataset(tmp / "designs.zarr", episodes=40, length=40, size=48, seed=1), "agentview_48"
+
+
+def held_out_pairs(ds) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(123)
+    return rng.integers(0, ds.n_frames, 4000), rng.integers(0, ds.n_frames, 4000)
+
+
+def fit_row(row: dict, ds, key: str, labels, held_out, fit_steps: int, progress_weight: float, seed: int = 0) -> None:
+    t = time.perf_counter()
+    row.update(reward_quality(ds, key, labels, held_out, seed=seed, steps=fit_steps, segment=row["_segment"],
+                              progress_weight=progress_weight if row["_regress"] else 0.0))
+    row["fit_s"] = round(time.perf_counter() - t, 1)
+
+
+def fit_designs(work: Path, dataset: str, camera: str, fit_steps: int, progress_weight: float,
+                rows_file: str = "", seeds: tuple[int, ...] = (0,)) -> list[dict]:
+    """``--fit-from WORK``: fit and score the labels a ``--keep WORK`` run wrote (e.g. on a machine with a
+    GPU, labelling where the mock's latency, not compute, sets the pace), once per fit seed (all designs
+    at one seed, then the next)."""
+    from robot_pref.feedback import load_labels
+
+    labelled, rows = json.loads((work / "rows.json").read_text())["designs"], []
+    with tempfile.TemporaryDirectory() as tmp:
+        ds, key = open_design_dataset(Path(tmp), dataset, camera)
+        held_out = held_out_pairs(ds)
+        for seed in seeds:
+            for row in labelled:
+                row = {**row, "seed": seed}
+                fit_row(row, ds, key, load_labels(work / "labels" / row["_id"]), held_out, fit_steps,
+                        progress_weight, seed)
+                rows.append(row)
+                print(row, flush=True)
+                if rows_file:
+                    Path(rows_file).write_text(json.dumps({"designs": rows}, indent=2))
+    return rows
+
+
 def bench_designs(latency: float, designs: list[str], budgets: list[int], do_fit: bool, tmp: Path,
                   dataset: str = "", camera: str = "", fit_steps: int = 1500, progress_weight: float = 1.0,
                   rows_file: str = "") -> list[dict]:
     """Each design at each request budget through `label` against the mock (see the module docstring);
-    on ``dataset`` (simulated, rendered ``camera`` frames) or else a synthetic square dataset."""
+    on ``dataset`` (simulated, rendered ``camera`` frames) or else a synthetic square dataset. The labels
+    stay in ``tmp``/labels/<design>_<budget> and the rows in ``tmp``/rows.json (`fit_designs` reads them)."""
     import logging
 
     from robot_pref.feedback import load_labels
@@ -188,14 +242,8 @@ def bench_designs(latency: float, designs: list[str], budgets: list[int], do_fit
     from robot_pref.feedback.teacher import VLMErrorModel
 
     logging.getLogger("robot_pref").setLevel(logging.ERROR)
-    from robot_pref.data.dataset import TrajectoryDataset
-
-    if dataset:
-        ds, key = TrajectoryDataset.open(dataset), camera
-    else:
-        ds, key = make_square_dataset(tmp / "designs.zarr", episodes=40, length=40, size=48, seed=1), "agentview_48"
-    rng = np.random.default_rng(123)
-    held_out = (rng.integers(0, ds.n_frames, 4000), rng.integers(0, ds.n_frames, 4000))
+    ds, key = open_design_dataset(tmp, dataset, camera)
+    held_out = held_out_pairs(ds)
     rows = []
     start_ray()
     with MockVLM(latency=latency, truth=TruthTable(ds, key), errors=VLMErrorModel(), progress_noise=5.0) as srv:
@@ -222,14 +270,13 @@ def bench_designs(latency: float, designs: list[str], budgets: list[int], do_fit
                 row = {"design": name, "budget": budget,
                        "requests": requests, "labels": len(labels),
                        "labels_per_request": round(len(labels) / max(requests, 1), 1),
-                       "wall_s": summary["wall_s"], "labels_per_s": round(len(labels) / summary["wall_s"], 1)}
+                       "wall_s": summary["wall_s"], "labels_per_s": round(len(labels) / summary["wall_s"], 1),
+                       "_id": f"{design}_{budget}", "_segment": segment, "_regress": regress}
                 if do_fit:
-                    t = time.perf_counter()
-                    row.update(reward_quality(ds, key, labels, held_out, seed=0, steps=fit_steps, segment=segment,
-                                              progress_weight=progress_weight if regress else 0.0))
-                    row["fit_s"] = round(time.perf_counter() - t, 1)
+                    fit_row(row, ds, key, labels, held_out, fit_steps, progress_weight)
                 rows.append(row)
                 print(row, flush=True)
+                (tmp / "rows.json").write_text(json.dumps({"designs": rows}, indent=2))
                 if rows_file:  # partial results survive an interrupted run
                     Path(rows_file).write_text(json.dumps({"designs": rows}, indent=2))
     import ray
@@ -239,7 +286,7 @@ def bench_designs(latency: float, designs: list[str], budgets: list[int], do_fit
 
 
 def table(rows: list[dict]) -> str:
-    cols = list(rows[0])
+    cols = [c for c in rows[0] if not c.startswith("_")]  # _id, _segment, _regress: for --fit-from
     width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     lines = ["  ".join(c.rjust(width[c]) for c in cols)]
     lines += ["  ".join(str(r[c]).rjust(width[c]) for c in cols) for r in rows]
@@ -259,19 +306,35 @@ def main() -> None:
                                                  "(e.g. pairwise,4,8,16); empty = skip")
     p.add_argument("--budgets", default="100,250,500,1000", help="request budgets of the query designs")
     p.add_argument("--fit", action="store_true", help="fit a reward on each design's labels and score it")
-    p.add_argument("--fit-steps", type=int, default=1500, help="gradient steps per fit (epochs = steps x 64 / pairs)")
+    p.add_argument("--fit-steps", type=int, default=1500,
+                   help="gradient steps per fit (epochs = steps / (pairs // 64), >= 1)")
     p.add_argument("--progress-weight", type=float, default=1.0, help="fit-reward progress_weight of the Kp designs")
     p.add_argument("--dataset", default="", help="simulated dataset for the query designs (default: synthetic squares)")
     p.add_argument("--camera", default="agentview_84", help="its frame key")
     p.add_argument("--only-designs", action="store_true", help="skip the VLM concurrency and CLIP rows")
+    p.add_argument("--keep", default="", help="keep the query designs' labels and rows in this directory "
+                                              "(default: a temporary one)")
+    p.add_argument("--fit-from", default="", help="no labelling: fit and score the labels a --keep run wrote here")
+    p.add_argument("--fit-seeds", default="0", help="--fit-from: fit seeds (e.g. 0,1,2), each a row per design")
     args = p.parse_args()
-    if args.designs:
-        with tempfile.TemporaryDirectory() as tmp:
+    if args.fit_from:
+        designs = fit_designs(Path(args.fit_from), args.dataset, args.camera, args.fit_steps, args.progress_weight,
+                              args.json, tuple(int(s) for s in args.fit_seeds.split(",")))
+        args.designs, args.only_designs = "fitted", True
+    elif args.designs:
+        with contextlib.ExitStack() as stack:
+            work = Path(args.keep) if args.keep else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            work.mkdir(parents=True, exist_ok=True)
             designs = bench_designs(args.latency, args.designs.split(","), [int(b) for b in args.budgets.split(",")],
-                                    args.fit, Path(tmp), args.dataset, args.camera, args.fit_steps,
+                                    args.fit, work, args.dataset, args.camera, args.fit_steps,
                                     args.progress_weight, args.json)
+    if args.designs:
+        import torch
+
+        fitted = f"{args.fit_steps} fit steps on {'cuda' if torch.cuda.is_available() else 'cpu'}; " if (
+            args.fit or args.fit_from) else ""
         print(f"\nQuery designs against the mock ({args.latency * 1000:.0f} ms latency; pairwise and segments: vlm-like "
-              f"error model, progress: 5% noise; {args.fit_steps} fit steps; load average {os.getloadavg()[0]:.1f} "
+              f"error model, progress: 5% noise; {fitted}load average {os.getloadavg()[0]:.1f} "
               f"on {os.cpu_count()} CPUs)")
         print(table(designs))
         if args.json:
