@@ -189,13 +189,12 @@ def test_label_report_per_source_accuracy_and_agreement_on_a_known_construction(
     assert json.loads((tmp_path / "labels" / "label_report.json").read_text())["agreement"] == report["agreement"]
 
 
-def test_a_pipeline_run_is_told_to_drop_the_label_stage_marker_to_merge(tmp_path):
+def test_a_pipeline_run_is_told_a_plain_rerun_merges(tmp_path):
     from robot_pref.feedback.human_queue import merge_hint
 
     (tmp_path / "run" / "stages").mkdir(parents=True)  # RUN/labels next to RUN/stages: a `robot-pref run`
     hint = merge_hint(tmp_path / "run" / "labels")
-    assert f"`rm {tmp_path / 'run' / 'stages' / 'label.json'} && robot-pref run CONFIG`" in hint
-    assert "a plain rerun skips the finished label stage" in hint
+    assert "rerunning `robot-pref run CONFIG` (the same config)" in hint and "rm " not in hint
     assert "robot-pref label --labeler hybrid" in merge_hint(tmp_path / "labels")
 
 
@@ -210,6 +209,35 @@ def test_hybrid_runs_through_the_pipeline(square, tmp_path, ray_session):
     assert report["labels"]["labeler"] == "hybrid" and report["labels"]["run_counts"]["human_answered"] == 12
     assert report["labels"]["sources"]["human"]["accuracy"] == 1.0
     assert (load_labels(tmp_path / "run" / "labels").extra["source"] == "human").sum() == 12
+
+
+def test_a_plain_pipeline_rerun_merges_what_people_answered(square, tmp_path, ray_session, capsys):
+    from robot_pref.feedback.human_queue import QUEUE_NAME, human_answer, read_queue
+    from robot_pref.feedback.store import STORE_NAME, LabelStore
+    from robot_pref.pipeline.run import RunConfig, run_pipeline
+    from robot_pref.render.render import RenderConfig
+
+    cfg = hybrid_cfg(square, "", fraction=0.1)
+    cfg = RunConfig(name="hybrid", run_dir=str(tmp_path / "run"), dataset=str(square.path), parallel=False,
+                    stop_after="label_report", render=RenderConfig(camera="agentview", size=32),
+                    label=dataclasses.replace(cfg, camera="", out="",
+                                              hybrid=dataclasses.replace(cfg.hybrid, human="queue")))
+    assert run_pipeline(cfg)["labels"]["run_counts"]["human_answered"] == 0
+    capsys.readouterr()
+    run_pipeline(cfg)  # no answers yet: a rerun skips labeling
+    assert "label              skipped" in capsys.readouterr().out
+    labels_dir = tmp_path / "run" / "labels"
+    queue = read_queue(labels_dir / QUEUE_NAME)
+    with LabelStore(labels_dir / STORE_NAME) as store:  # two answers given on the page
+        store.put([human_answer(queue, square, queue.pairs[0], "ann", 1, LABELED),
+                   human_answer(queue, square, queue.pairs[1], "ann", 0, LABELED)])
+    report = run_pipeline(cfg)  # the same config, nothing removed by hand
+    out = capsys.readouterr().out
+    assert "render             skipped" in out and "label              skipped" not in out
+    assert report["labels"]["run_counts"]["human_answered"] == 2
+    assert (load_labels(labels_dir).extra["source"] == "human").sum() == 2
+    run_pipeline(cfg)  # merged: nothing new to do
+    assert "label              skipped" in capsys.readouterr().out
 
 
 def test_queue_mode_merges_what_people_answered_and_drops_answers_about_overwritten_frames(tmp_path, caplog):

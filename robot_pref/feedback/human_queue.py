@@ -98,13 +98,11 @@ def read_queue(path: str | Path) -> HumanQueue:
 
 
 def merge_hint(labels_dir: str | Path) -> str:
-    """How people's answers reach the labels: a `robot-pref label` rerun, or in a `robot-pref run` directory
-    (``RUN/labels``, next to ``RUN/stages``) a pipeline rerun once the finished label stage's marker is gone."""
-    run_dir = Path(labels_dir).parent
-    if (run_dir / "stages").is_dir():
-        return (f"merge their answers with `rm {run_dir / 'stages' / 'label.json'} && robot-pref run CONFIG` (the "
-                "same config; a plain rerun skips the finished label stage): label reruns on its cached answers "
-                "and merges theirs, then every stage after it")
+    """How people's answers reach the labels: a rerun of the same `robot-pref run` (its label stage's
+    fingerprint covers `answers_state`) or, outside a run directory, of the same `robot-pref label`."""
+    if (Path(labels_dir).parent / "stages").is_dir():
+        return ("merge their answers by rerunning `robot-pref run CONFIG` (the same config): the label stage sees "
+                "the new answers, reruns on its cached machine answers and merges theirs, then every stage after it")
     return ("merge their answers by rerunning the same `robot-pref label --labeler hybrid` command (the machine's "
             "answers are cached: nothing is asked again)")
 

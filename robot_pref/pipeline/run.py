@@ -18,6 +18,7 @@ overtaken by a later one that is ready too, so the longest chain keeps its cores
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -148,6 +149,7 @@ class Stage:
     cpus: float = 1.0  # cores it keeps busy (its own threads or its Ray actors): what the scheduler budgets
     remote: bool = False  # a Ray task of its own (trainings), so that several run at once
     progress: Callable[[], str] | None = None  # a short "how far" for the periodic status line
+    state: Callable[[], str] | None = None  # outside inputs the fingerprint covers too (people's answers)
 
     def config_for(self, fresh: bool) -> Any:
         if fresh and dataclasses.is_dataclass(self.config) and hasattr(self.config, "overwrite"):
@@ -189,7 +191,12 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         source = ("collect",)
     stages.append(Stage("render", cfg.render, render_dataset, source, cpus=resolve_workers(cfg.render.actors)))
     label_cpus = cfg.label.workers if cfg.label.workers > 1 else 0.0  # in-process labelers wait on answers
-    stages.append(Stage("label", cfg.label, label, ("render",), cpus=label_cpus))
+    people = None  # hybrid labels with a human queue: a rerun merges what people answered through label-ui
+    if cfg.label.labeler == "hybrid" and cfg.label.hybrid.human == "queue":
+        from robot_pref.feedback.human_queue import answers_state
+
+        people = functools.partial(answers_state, cfg.label.out)
+    stages.append(Stage("label", cfg.label, label, ("render",), cpus=label_cpus, state=people))
     report_cfg = LabelReportConfig(dataset=cfg.dataset, labels=cfg.label.out)
     stages.append(Stage("label_report", report_cfg, lambda c: _if_ground_truth(cfg, lambda: label_report(c)),
                         ("label",), cpus=0.0))
@@ -346,6 +353,8 @@ def _plan(stages: list[Stage], run_dir: Path) -> list[tuple[Stage, bool, str]]:
     for i, stage in enumerate(stages, 1):
         marker = run_dir / "stages" / f"{stage.name}.json"
         fingerprint = _fingerprint(stage.config)
+        if stage.state is not None and (state := stage.state()):
+            fingerprint = _fingerprint({"config": fingerprint, "state": state})
         head = f"[{i}/{len(stages)}] {stage.name:<18}"
         done = json.loads(marker.read_text()) if marker.exists() else None
         upstream = sorted(rerun.intersection(stage.needs))
