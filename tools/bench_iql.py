@@ -186,6 +186,18 @@ def ours_features(proprio_dim, cameras, components, encoder_dim, act_dim, n, dev
     return update, model.dim
 
 
+def with_threads(fn, threads):
+    """``fn`` run with ``threads`` torch threads (the others' setting restored after each call)."""
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            fn()
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -212,6 +224,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=100, help="updates per contender per round")
     parser.add_argument("--compile", action="store_true", help="also time robot_pref with torch.compile")
+    parser.add_argument("--thread-ab", type=int, default=0, metavar="N",
+                        help="also time robot_pref with N torch threads (e.g. 1 against the default 2)")
     parser.add_argument("--cuda-graph", default=None, action=argparse.BooleanOptionalAction,
                         help="also time robot_pref replayed as one CUDA graph (default: on for CUDA)")
     parser.add_argument("--feature-steps", type=int, default=100,
@@ -230,7 +244,7 @@ def main():
     np.random.seed(0)
     print(f"device {device}  threads {torch.get_num_threads()}  load average {load_average():.1f}  torch {torch.__version__}  "
           f"{args.transitions} transitions, batch 256, {args.rounds} rounds x {args.steps} updates\n")
-    header = f"{'obs/act':<8}{'contender':<27}{'updates/s':>10}{'x reference':>13}{'% ceiling':>11}{'GFLOP/s':>9}"
+    header = f"{'obs/act':<8}{'contender':<32}{'updates/s':>10}{'x reference':>13}{'% ceiling':>11}{'GFLOP/s':>9}"
     print(header)
     print("-" * len(header))
     for obs_dim, act_dim in ((17, 6), (60, 7)):
@@ -245,8 +259,16 @@ def main():
                       "robot_pref": ours(obs_dim, act_dim, data, device)[0],
                       "matmul ceiling": ceiling.update,
                       "matmul ceiling, hot cache": Ceiling(ceiling_gemms(obs_dim, act_dim), device, hot=True).update}
+        if args.thread_ab:
+            contenders[f"robot_pref, {args.thread_ab} thread(s)"] = with_threads(
+                ours(obs_dim, act_dim, data, device)[0], args.thread_ab)
         if args.compile:
-            contenders["robot_pref compiled"] = ours(obs_dim, act_dim, data, device, compile=True)[0]
+            t = time.perf_counter()
+            compiled = ours(obs_dim, act_dim, data, device, compile=True)[0]
+            rate(compiled, 3, device)  # the first calls compile (forward and backward)
+            print(f"{obs_dim}/{act_dim}: torch.compile took {time.perf_counter() - t:.0f} s (load average "
+                  f"{load_average():.1f})")
+            contenders["robot_pref compiled"] = compiled
         batches_alive = {}
         graphed_variants = [("robot_pref graphed", False)] + [("robot_pref compiled+graph", True)] * args.compile
         for name, compile in graphed_variants if cuda_graph else []:
@@ -263,8 +285,9 @@ def main():
             for name, fn in contenders.items():
                 rates[name].append(rate(fn, args.steps, device))
         med = {k: statistics.median(v) for k, v in rates.items()}
+        print(f"{'':8}(load average {load_average():.1f})")
         for name, r in med.items():
-            print(f"{obs_dim}/{act_dim:<5}{name:<27}{r:>10.1f}{r / med['reference (CORL-style)']:>12.2f}x"
+            print(f"{obs_dim}/{act_dim:<5}{name:<32}{r:>10.1f}{r / med['reference (CORL-style)']:>12.2f}x"
                   f"{100 * r / med['matmul ceiling']:>10.0f}%{r * ceiling.flops / 1e9:>9.1f}")
     print(f"\nload average at the end {load_average():.1f} (a shared machine: compare ratios within one run)")
     if args.feature_steps:
