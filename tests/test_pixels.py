@@ -229,3 +229,17 @@ def test_sim_rollout_feeds_the_arms_camera_frames_to_the_policy(pixel_policy, tm
     for key in ("cube_pos", "cube_quat", "gripper_to_cube_pos"):
         hidden["obs"][:, named[key]] = 0.0
     np.testing.assert_array_equal(policy.policy.act(hidden), policy.seen[0][1])
+
+
+def test_pixel_policies_with_one_encoder_share_one_encode_stage(tmp_path):
+    """Two trainings running at once (``parallel``) must never read features another stage is rewriting."""
+    from robot_pref.pipeline.run import RunConfig, build_stages
+
+    pixels = {"obs": {"preset": "pixels", "encoder": "reward"}}
+    other = {"obs": {"preset": "pixels", "encoder": "resnet18"}}
+    cfg = RunConfig(name="x", run_dir=str(tmp_path / "run"), parallel=True, policies=("iql-learned", "bc", "iql-true"),
+                    policy_train={"iql-learned": pixels, "bc": pixels, "iql-true": other}).resolved()
+    stages = {s.name: s for s in build_stages(cfg)}
+    assert [n for n in stages if n.startswith("encode_")] == ["encode_iql-learned", "encode_iql-true"]
+    assert "encode_iql-learned" in stages["train_bc"].needs
+    assert "encode_iql-true" in stages["train_iql-true"].needs

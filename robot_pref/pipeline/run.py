@@ -204,6 +204,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     from robot_pref.eval.offline import OfflineEvalConfig, evaluate_offline, has_simulator
 
     simulated = has_simulator(cfg.dataset)  # an imported real-robot dataset is evaluated offline
+    encoded: dict[str, str] = {}  # encode config -> the stage that writes those features
     stages.append(Stage("fit_reward", cfg.fit_reward, fit_reward, ("label",), remote=remote))
     stages.append(Stage("relabel", cfg.relabel, relabel, ("fit_reward",)))
     for policy in cfg.policies:
@@ -219,8 +220,13 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         reads = ("relabel",) if reward_key.rpartition(":")[2] == LEARNED_REWARD_KEY else source
         train_cfg, encode_cfg = encode_inputs(train_cfg, cfg.relabel.reward_model, cfg.dataset)  # pixel policies
         if encode_cfg is not None:  # frozen-encoder features cached before training (robot_pref.rl.features)
-            stages.append(Stage(f"encode_{policy}", encode_cfg, encode_features, ("relabel", *source)))
-            reads += (f"encode_{policy}",)
+            # one stage per distinct encoding: a second one would overwrite (fresh) the features a policy
+            # training beside it (parallel) is reading
+            same = repr(dataclasses.replace(encode_cfg, threads=0))
+            if same not in encoded:
+                encoded[same] = f"encode_{policy}"
+                stages.append(Stage(encoded[same], encode_cfg, encode_features, ("relabel", *source)))
+            reads += (encoded[same],)
         stages.append(Stage(f"train_{policy}", train_cfg, train, reads, cpus=max(train_cfg.threads, 1),
                             remote=remote, progress=lambda c=train_cfg: _train_progress(c)))
         if simulated:
