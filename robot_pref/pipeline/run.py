@@ -204,9 +204,9 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     from robot_pref.eval.offline import OfflineEvalConfig, evaluate_offline, has_simulator
 
     simulated = has_simulator(cfg.dataset)  # an imported real-robot dataset is evaluated offline
-    encoded: dict[str, str] = {}  # encode config -> the stage that writes those features
     stages.append(Stage("fit_reward", cfg.fit_reward, fit_reward, ("label",), remote=remote))
     stages.append(Stage("relabel", cfg.relabel, relabel, ("fit_reward",)))
+    encoded: dict[str, str] = {}  # encode config -> the stage that writes those features
     for policy in cfg.policies:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
