@@ -193,7 +193,7 @@ def test_ray_job_submit_against_local_head(tmp_path):
 def _schedule(tmp_path, stages, budget):
     from robot_pref.pipeline.run import _execute, _plan
 
-    (tmp_path / "stages").mkdir(exist_ok=True)
+    (tmp_path / "stages").mkdir(parents=True, exist_ok=True)
     _execute(_plan(stages, tmp_path), budget, [s.name for s in stages], 0.0, tmp_path)
     return {s.name: json.loads((tmp_path / "stages" / f"{s.name}.json").read_text()) for s in stages}
 
@@ -235,3 +235,33 @@ def test_a_later_ready_stage_never_overtakes_an_earlier_one(tmp_path, ray_sessio
     y_end = done["y"]["started_unix"] + done["y"]["seconds"]
     assert done["y"]["started_unix"] >= x_end - 0.05  # 2 CPUs free only after x
     assert done["z"]["started_unix"] >= y_end - 0.05  # not beside x, ahead of y
+
+
+def test_a_stage_others_need_keeps_its_cores_while_its_input_finishes(tmp_path, ray_session):
+    """fit (needed by use) waits on a short local stage; the label-free trainings t1, t2 are ready at once.
+    Without the reservation t1 and t2 take both CPUs a moment before fit can start, and fit waits for them."""
+    from robot_pref.pipeline.run import Stage
+
+    nap = lambda c: (time.sleep(c["s"]), {})[1]  # noqa: E731
+    stages = [Stage("label", {"s": 0.5}, nap, cpus=0.0), Stage("fit", {"s": 0.2}, nap, ("label",), remote=True),
+              Stage("use", {"s": 0.1}, nap, ("fit",), remote=True),
+              Stage("t1", {"s": 3.0}, nap, remote=True), Stage("t2", {"s": 3.0}, nap, remote=True)]
+    done = _schedule(tmp_path, stages, 2.0)
+    t1_end = done["t1"]["started_unix"] + done["t1"]["seconds"]
+    assert done["t1"]["started_unix"] < done["fit"]["started_unix"] < t1_end - 1.0  # beside t1, not after it
+    assert done["t2"]["started_unix"] >= done["fit"]["started_unix"]  # t2 did not take fit's core
+
+
+def test_an_evaluation_starts_on_the_cores_left_beside_a_training(tmp_path, ray_session):
+    """eval asks for 2 workers while a 1-CPU training runs: it starts at once with 1 worker, same config else."""
+    from robot_pref.pipeline.run import Stage
+
+    nap = lambda c: (time.sleep(c["s"]), {})[1]  # noqa: E731
+    stages = [Stage("train", {"s": 3.0}, nap, remote=True),
+              Stage("eval", {"s": 0.2, "workers": 2}, lambda c: {"workers": c["workers"]}, cpus=2.0,
+                    shrink=lambda c, cpus: {**c, "workers": cpus})]
+    done = _schedule(tmp_path, stages, 2.0)
+    assert done["eval"]["result"] == {"workers": 1}
+    assert done["eval"]["started_unix"] < done["train"]["started_unix"] + 1.0
+    alone = _schedule(tmp_path / "alone", stages[1:], 2.0)  # with the cores free it gets what it asks for
+    assert alone["eval"]["result"] == {"workers": 2}

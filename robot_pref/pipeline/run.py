@@ -150,11 +150,17 @@ class Stage:
     remote: bool = False  # a Ray task of its own (trainings), so that several run at once
     progress: Callable[[], str] | None = None  # a short "how far" for the periodic status line
     state: Callable[[], str] | None = None  # outside inputs the fingerprint covers too (people's answers)
+    # the config run on fewer cores (an evaluation with fewer workers: same episodes, same results), so the
+    # stage starts on the cores left beside a training instead of waiting for all it asks for
+    shrink: Callable[[Any, int], Any] | None = None
 
-    def config_for(self, fresh: bool) -> Any:
-        if fresh and dataclasses.is_dataclass(self.config) and hasattr(self.config, "overwrite"):
-            return dataclasses.replace(self.config, overwrite=True)
-        return self.config
+    def config_for(self, fresh: bool, cpus: float | None = None) -> Any:
+        config = self.config
+        if fresh and dataclasses.is_dataclass(config) and hasattr(config, "overwrite"):
+            config = dataclasses.replace(config, overwrite=True)
+        if cpus is not None and cpus < self.cpus and self.shrink is not None:
+            config = self.shrink(config, int(cpus))
+        return config
 
 
 def _fingerprint(config: Any) -> str:
@@ -231,12 +237,16 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                             remote=remote, progress=lambda c=train_cfg: _train_progress(c)))
         if simulated:
             stages.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",),
-                                cpus=resolve_workers(cfg.eval.workers)))
+                                cpus=resolve_workers(cfg.eval.workers), shrink=_fewer_workers))
         else:
             stages.append(Stage(f"eval_{policy}", OfflineEvalConfig(policy=eval_cfg.policy, dataset=cfg.dataset,
                                                                     out=eval_cfg.out),
                                 evaluate_offline, (f"train_{policy}",), cpus=1.0))
     return stages
+
+
+def _fewer_workers(cfg: EvalConfig, cpus: int) -> EvalConfig:
+    return dataclasses.replace(cfg, workers=max(1, cpus))
 
 
 def _check_seeds_apart(train_cfg: TrainConfig, eval_cfg: EvalConfig, policy: str) -> None:
@@ -260,10 +270,11 @@ def _train_progress(cfg: TrainConfig) -> str:
     return f"{step}/{cfg.steps} steps"
 
 
-def _run_stage(stage: Stage, fresh: bool, gpus: float) -> tuple[dict, float]:
+def _run_stage(stage: Stage, fresh: bool, gpus: float, cpus: float | None = None) -> tuple[dict, float]:
     """(result, CPU seconds of the process that ran it) — a Ray task holding ``stage.cpus`` CPUs and ``gpus``
-    GPUs for a remote stage (Ray hides GPUs from tasks that ask for none), else this process."""
-    config = stage.config_for(fresh)
+    GPUs for a remote stage (Ray hides GPUs from tasks that ask for none), else this process; ``cpus``: the
+    cores the scheduler gave it, when fewer than it asks for (see `Stage.shrink`)."""
+    config = stage.config_for(fresh, cpus)
     if not stage.remote:
         return _timed_call(stage.fn, config, 0)
     import ray
@@ -386,35 +397,50 @@ def _execute(plan: list[tuple[Stage, bool, str]], budget: float, all_names: list
              run_dir: Path, status_every: float = 30.0) -> None:
     """Run the planned stages: with ``budget`` CPUs at once in list order without overtaking, or (budget 0)
     one after another. Stages run in daemon threads (a remote one waits there on its Ray task), so Ctrl-C
-    and a failure end the run at once; remote stages in flight are cancelled then."""
+    and a failure end the run at once; remote stages in flight are cancelled then.
+
+    Two rules keep the cores busy on what the run waits for. A stage other stages need (fit_reward, on the
+    way to the learned-reward training) keeps its CPUs reserved once all it waits on is running, so later
+    stages that are ready earlier (the label-free trainings) do not take its cores a moment before it can
+    start. A stage with `Stage.shrink` (evaluations) starts on the cores that are free when fewer than it
+    asks for are."""
     head = {name: f"[{i}/{len(all_names)}] {name:<18}" for i, name in enumerate(all_names, 1)}
     planned = {stage.name for stage, _, _ in plan}
+    needed = {n for stage, _, _ in plan for n in stage.needs}
     waiting, finished = list(plan), set()
-    running: dict[str, tuple[Stage, float]] = {}  # name -> (stage, start time)
+    running: dict[str, tuple[Stage, float, float]] = {}  # name -> (stage, start time, CPUs given)
     events: queue.Queue = queue.Queue()
     used, last_status = 0.0, time.perf_counter()
 
-    def work(stage: Stage, fresh: bool) -> None:
+    def work(stage: Stage, fresh: bool, cpus: float) -> None:
         try:
-            events.put((stage.name, _run_stage(stage, fresh, gpus), None))
+            events.put((stage.name, _run_stage(stage, fresh, gpus, cpus), None))
         except BaseException as err:  # noqa: BLE001  (re-raised in the main thread)
             events.put((stage.name, None, err))
 
     try:
         while waiting or running:
+            reserved = 0.0  # CPUs of earlier stages that start as soon as what is running now ends
             for item in list(waiting):
                 stage, fresh, _ = item
-                if any(n in planned and n not in finished for n in stage.needs):
+                pending = [n for n in stage.needs if n in planned and n not in finished]
+                if pending:
+                    if stage.name in needed and all(n in running for n in pending):
+                        reserved += min(stage.cpus, budget)
                     continue
-                cost = min(stage.cpus, budget)
-                local_busy = any(not s.remote for s, _ in running.values())
-                if running and (not budget or used + cost > budget or (not stage.remote and local_busy)):
+                cost, free = min(stage.cpus, budget), budget - used - reserved
+                if stage.shrink is not None and 1 <= free < cost:
+                    cost = float(int(free))
+                local_busy = any(not s.remote for s, _, _ in running.values())
+                if running and (not budget or cost > free or (not stage.remote and local_busy)):
                     break  # no overtaking: later stages wait for this one
                 waiting.remove(item)
-                running[stage.name] = (stage, time.perf_counter())
+                running[stage.name] = (stage, time.perf_counter(), cost)
                 used += cost
-                print(f"{head[stage.name]} running ...", flush=True)
-                threading.Thread(target=work, args=(stage, fresh), daemon=True, name=stage.name).start()
+                given = f" on {cost:.0f} of {stage.cpus:.0f} CPUs" if budget and cost < min(stage.cpus, budget) else ""
+                print(f"{head[stage.name]} running{given} ...", flush=True)
+                threading.Thread(target=work, args=(stage, fresh, cost if budget else None), daemon=True,
+                                 name=stage.name).start()
             try:
                 name, outcome, err = events.get(timeout=5.0)
             except queue.Empty:
@@ -422,10 +448,10 @@ def _execute(plan: list[tuple[Stage, bool, str]], budget: float, all_names: list
                     last_status = time.perf_counter()
                     print("    running: " + ", ".join(
                         f"{n} {time.perf_counter() - t:.0f}s" + (f" ({s.progress()})" if s.progress else "")
-                        for n, (s, t) in running.items()), flush=True)
+                        for n, (s, t, _) in running.items()), flush=True)
                 continue
-            stage, start = running.pop(name)
-            used -= min(stage.cpus, budget)
+            stage, start, cost = running.pop(name)
+            used -= cost
             if err is not None:
                 raise err
             result, cpu_s = outcome
