@@ -73,9 +73,10 @@ def _episodes(cfg: CollectConfig, env: TaskEnv, plan: list[tuple[str, int]]) -> 
             yield collect_episode(env, tier, _rng(cfg.seed, index), cfg.cameras, cfg.size)
         return
     import ray
-    from robot_pref.console import init_ray
+    from robot_pref.console import actors_that_fit, init_ray
 
     init_ray(cfg.address)
+    workers = actors_that_fit(workers, "collect")
     actor = ray.remote(num_cpus=1)(_Collector)
     actors = [actor.remote(env.meta(), tuple(cfg.cameras), cfg.size) for _ in range(workers)]
     pending: collections.deque = collections.deque()

@@ -82,3 +82,18 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
         return
     ray.init(address=address or None, ignore_reinit_error=True,
              logging_level=logging.INFO if verbose() else logging.ERROR, **kwargs)
+
+
+def actors_that_fit(workers: int, what: str, num_cpus: float = 1.0, num_gpus: float = 0.0) -> int:
+    """``workers`` Ray actors of ``num_cpus``/``num_gpus`` each, or as many as the whole cluster can place (with
+    a note saying so): an actor that can never be placed keeps the work handed to it forever, and the run hangs."""
+    import ray
+
+    have = ray.cluster_resources()
+    fits = [int(have.get(name, 0) // need) for name, need in (("CPU", num_cpus), ("GPU", num_gpus)) if need > 0]
+    room = min(fits) if fits else workers
+    if 0 < room < workers:
+        print(f"{what}: {workers} workers asked for but the Ray cluster has room for {room} "
+              f"({have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs); running {room}", flush=True)
+        return room
+    return workers

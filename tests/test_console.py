@@ -34,3 +34,16 @@ def test_commands_print_only_their_own_lines(tmp_path, workers):
 def test_verbose_shows_library_lines(tmp_path):
     text = _collect(tmp_path / "d.zarr", "-v")
     assert "No private macro file found" in text
+
+
+def test_actors_that_fit_caps_at_what_the_cluster_can_place(ray_session, capsys):
+    from robot_pref.console import actors_that_fit
+
+    cpus = int(ray_session.cluster_resources()["CPU"])
+    gpus = int(ray_session.cluster_resources().get("GPU", 0))
+    assert actors_that_fit(cpus, "collect") == cpus and capsys.readouterr().out == ""
+    assert actors_that_fit(cpus + 3, "collect") == cpus
+    assert f"collect: {cpus + 3} workers asked for but the Ray cluster has room for {cpus}" in capsys.readouterr().out
+    assert actors_that_fit(4 * cpus, "label", num_cpus=0.5) == 2 * cpus  # a VLM actor takes half a CPU
+    if gpus:
+        assert actors_that_fit(gpus + 1, "eval", num_gpus=1) == gpus

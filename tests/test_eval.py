@@ -91,6 +91,16 @@ def test_evaluate_on_ray_writes_eval_info_and_video_and_matches_in_process(lift_
     assert [r["return"] for r in local["per_episode"]] == pytest.approx([r["return"] for r in info["per_episode"]])
 
 
+def test_more_workers_than_the_cluster_has_cpus_run_on_the_cpus_it_has(lift_policy, tmp_path, ray_session, capsys):
+    import ray
+
+    cpus = int(ray.cluster_resources()["CPU"])  # an actor beyond these is never placed: its episodes never end
+    info = evaluate(EvalConfig(policy=lift_policy, workers=cpus + 2, episodes=cpus + 2, max_steps=4, videos=0,
+                               out=str(tmp_path / "eval")))
+    assert info["workers"] == cpus and [r["seed"] for r in info["per_episode"]] == [1000 + i for i in range(cpus + 2)]
+    assert f"{cpus + 2} workers asked for but the Ray cluster has room for {cpus}" in capsys.readouterr().out
+
+
 def test_bad_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="robot-pref train"):
         evaluate(EvalConfig(policy=str(tmp_path / "missing.pt")))

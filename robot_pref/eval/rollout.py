@@ -158,10 +158,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             worker.close()
     else:
         import ray
-        from robot_pref.console import init_ray
+        from robot_pref.console import actors_that_fit, init_ray
 
         init_ray(cfg.address)
-        remote = ray.remote(num_cpus=1, num_gpus=1 if cfg.device.startswith("cuda") else 0)(_Worker)
+        gpus = 1 if cfg.device.startswith("cuda") else 0
+        workers = actors_that_fit(workers, "eval", num_gpus=gpus)
+        remote = ray.remote(num_cpus=1, num_gpus=gpus)(_Worker)
         actors = [remote.remote(str(policy_path.resolve()), cfg.task, cfg.device)
                   for _ in range(workers)]
         try:

@@ -104,13 +104,14 @@ class LabelerActor:
 
 def start_actors(cfg: LabelConfig, cls: type[Labeler], section, goal: str, kwargs: dict):
     import ray
-    from robot_pref.console import init_ray
+    from robot_pref.console import actors_that_fit, init_ray
 
     init_ray(cfg.address)
     gpus = float(ray.cluster_resources().get("GPU", 0))
     options = cls.actor_options(section, cfg.workers, gpus)
+    n = actors_that_fit(max(1, cfg.workers), "label", options.get("num_cpus", 1), options.get("num_gpus", 0))
     actor = ray.remote(LabelerActor).options(**options, max_restarts=2, max_task_retries=2)
-    return [actor.remote(cls.type, section, goal, kwargs) for _ in range(max(1, cfg.workers))]
+    return [actor.remote(cls.type, section, goal, kwargs) for _ in range(n)]
 
 
 def run_remote(actors, batches: Iterator[list[Query]], in_flight: int) -> Iterator[list[Answer]]:

@@ -83,14 +83,10 @@ def render_dataset(cfg: RenderConfig) -> dict:
         log.info("frames/%s: all %d episodes already rendered (use --overwrite to re-render)", key, ds.n_episodes)
         return result
 
-    from robot_pref.console import init_ray
+    from robot_pref.console import actors_that_fit, init_ray
 
     init_ray(cfg.address)
-    n_actors = min(resolve_workers(cfg.actors), len(todo))
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if n_actors > cpus:
-        raise ValueError(f"--actors {n_actors} needs {n_actors} CPUs but the Ray cluster has {cpus:g}; "
-                         "lower --actors or add nodes")
+    n_actors = actors_that_fit(min(resolve_workers(cfg.actors), len(todo)), "render")
     # GPU GL needs a visible GPU: Ray hides all GPUs from actors that request none
     gpus = ray.cluster_resources().get("GPU", 0)
     remote = ray.remote(num_cpus=1, num_gpus=min(1.0, gpus / n_actors) if gpus else 0)(EpisodeRenderer)

@@ -76,12 +76,12 @@ def _use_ray(cfg: RelabelConfig) -> bool:
 def _score_with_ray(cfg: RelabelConfig, frame_key: str, todo: list[tuple[int, int]]):
     """Yield scored chunks from Ray actors, one per GPU (or ``cfg.workers`` of them), as they finish."""
     import ray
-    from robot_pref.console import init_ray
+    from robot_pref.console import actors_that_fit, init_ray
     from ray.util import ActorPool
 
     init_ray(cfg.address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    n = cfg.workers if cfg.workers > 0 else max(gpus, 1)
+    n = actors_that_fit(cfg.workers if cfg.workers > 0 else max(gpus, 1), "relabel")
     actor = ray.remote(num_gpus=1 if gpus >= n else 0, num_cpus=1)(ChunkScorer)
     device = cfg.device if gpus >= n else "cpu"
     actors = [actor.remote(str(Path(cfg.reward_model).resolve()), str(Path(cfg.dataset).resolve()), frame_key,
