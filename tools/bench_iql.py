@@ -16,7 +16,9 @@ rounds in one process (the machine is shared, so the load drifts; the median rou
   linear layer, same shapes), back to back: the speed with zero overhead. "hot cache" runs the same
   matmuls on one set of operands per shape (all in cache): a stricter bound, for reference.
 Image observations (84x84 frames through the conv encoder, frames prefetched by the background
-thread from host memory) are timed separately at the given --image-batch.
+thread from host memory) are timed separately at the given --image-batch; on CUDA also with the frames
+held on the GPU (what `robot-pref train` does when they fit: --frames-on-device): eager, eager + bf16
+autocast, CUDA-graphed, graphed + bf16 (`--amp bf16`), ratios against eager from the same rounds.
 Feature IQL (a pixel policy on CPU, `robot_pref.rl.features`): proprioception + two cameras' frozen-encoder
 features projected to --components principal components each, the observation model `robot-pref train`
 builds for ``obs: {preset: pixels}``, against low-dim IQL on the privileged Lift obs in the same
@@ -302,6 +304,49 @@ def main():
         batches.close()
         print(f"\nimages: obs {obs_dim} + one 84x84 camera (conv encoder, random shift, prefetched frames), "
               f"batch {args.image_batch}: {r:.2f} updates/s")
+        bench_device_images(args, device)
+
+
+def bench_device_images(args, device, n=20_000, obs_dim=19, act_dim=7):
+    """Image IQL with ``n`` frames on the GPU (0.4 GB at 84 px): eager vs graphed vs bf16, alternating rounds."""
+    title = f"\nimages on the GPU (obs {obs_dim} + one 84x84 camera, frames on the device, batch {args.image_batch})"
+    if device.type != "cuda":
+        print(f"{title}: no CUDA (eager / graphed / graphed + bf16 rows need --device cuda)")
+        return
+    gen = torch.Generator().manual_seed(0)
+    obs, act = torch.randn(n, obs_dim, generator=gen), torch.rand(n, act_dim, generator=gen) * 2 - 1
+    rew, done = torch.rand(n, generator=gen).numpy(), np.zeros(n, np.float32)
+    key = "frames/cam_84"
+    frames = torch.randint(0, 256, (n, 84, 84, 3), dtype=torch.uint8, device=device)
+    contenders, alive = {}, []  # keep the batches alive: a graph reads their tensors by address
+    for name, graph, amp in (("eager", False, False), ("eager + bf16", False, True), ("graphed", True, False),
+                             ("graphed + bf16", True, True)):
+        torch.manual_seed(0)
+        model = ObsModel({"obs": (np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32))}, {key: 84})
+        learner = IQL(model, act_dim, total_steps=1_000_000).to(device)
+        learner.amp = amp
+        batches = TransitionBatches({"obs": obs}, act, rew, done, np.arange(n - 1), args.image_batch, device, 0,
+                                    (key,), device_frames={key: frames})
+        alive.append(batches)
+        if graph:
+            fn = learner.graphed_update(lambda b=batches: b.sample(0), (batches.generator,), batches.generator)
+            if fn is None:
+                print(f"images {name}: capture failed (see the warning above); not timed")
+                continue
+        else:
+            fn = lambda lr=learner, b=batches: lr.update(b.sample(0), b.generator)  # noqa: E731
+        contenders[name] = fn
+    for fn in contenders.values():  # warm-up (cuDNN picks its kernels)
+        rate(fn, 10, device)
+    rates = {k: [] for k in contenders}
+    for _ in range(args.rounds):
+        for name, fn in contenders.items():
+            rates[name].append(rate(fn, args.image_steps, device))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    header = f"{'contender':<36}{'updates/s':>10}{'x eager':>11}"
+    print(f"{title}, {args.rounds} rounds x {args.image_steps} updates\n{header}\n{'-' * len(header)}")
+    for name, r in med.items():
+        print(f"{'images ' + name:<36}{r:>10.1f}{r / med['eager']:>10.2f}x")
 
 
 def bench_features(args, device):

@@ -2,9 +2,12 @@
 
 Low-dim arrays (observations, actions, rewards, terminal flags) are small, so they are normalised
 once and held on the device; a step's batch is a handful of index gathers with no host round trip.
-Frames can exceed RAM, so they are read from the zarr store by a background thread a few steps
-ahead. Indices of step s come from an RNG keyed by (seed, s) there, so prefetching never changes
-which batch a step sees and a resumed run replays the same batches.
+Frames can exceed RAM, so by default they are read from the zarr store by a background thread a few
+steps ahead. Indices of step s come from an RNG keyed by (seed, s) there, so prefetching never changes
+which batch a step sees and a resumed run replays the same batches. Frames that fit in GPU memory can
+be held there instead (``device_frames``, `frames_to_device`): the batch is then gathered on the device
+like the low-dim one, from the device generator, and the whole update can run as a CUDA graph. The two
+ways draw different batches, so a run resumes only the way it started (the sampler state records it).
 """
 
 from __future__ import annotations
@@ -62,18 +65,28 @@ def scale_rewards(r: np.ndarray, normalize: str, scale: float, bias: float) -> n
     return (r * scale + bias).astype(np.float32)
 
 
+def frames_to_device(ds: TrajectoryDataset, key: str, device: torch.device, chunk: int = 4096) -> torch.Tensor:
+    """All (N, H, W, C) uint8 frames of ``key`` in one device tensor, read in chunks (no full host copy)."""
+    out = torch.empty(ds.shape(key), dtype=torch.uint8, device=device)
+    for start in range(0, ds.n_frames, chunk):
+        stop = min(start + chunk, ds.n_frames)
+        out[start:stop].copy_(torch.from_numpy(ds.get(key, slice(start, stop))))
+    return out
+
+
 class TransitionBatches:
     """(s, a, r, s', d) batches of ``batch_size`` on ``device``; `sample(step)` returns a dict of tensors.
 
     ``lowdim`` maps keys to normalised (N, d) per-frame arrays and ``action`` is normalised to
     [-1, 1]; ``reward[t]`` and ``done[t]`` belong to transition t -> t+1, ``valid`` lists the t that
-    have a successor. ``read_frames(key, indices)`` returns uint8 frames for ``frame_keys``.
+    have a successor. Frames for ``frame_keys``: ``device_frames`` maps each key to its (N, H, W, C) uint8
+    tensor on ``device``, or else ``read_frames(key, indices)`` returns them from the host.
     """
 
     def __init__(self, lowdim: dict[str, torch.Tensor], action: torch.Tensor, reward: np.ndarray,
                  done: np.ndarray, valid: np.ndarray, batch_size: int, device: torch.device, seed: int,
                  frame_keys: tuple[str, ...] = (), read_frames: Callable[[str, np.ndarray], np.ndarray] | None = None,
-                 prefetch: int = 4):
+                 prefetch: int = 4, device_frames: dict[str, torch.Tensor] | None = None):
         self.device = device
         self.batch_size = batch_size
         self.seed = seed
@@ -93,6 +106,10 @@ class TransitionBatches:
         self.lowdim_keys = tuple(lowdim)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.frame_keys = tuple(frame_keys)
+        self.device_frames = device_frames or {}
+        if self.device_frames and set(self.device_frames) != set(self.frame_keys):
+            raise ValueError(f"device_frames holds {sorted(self.device_frames)}, the frame keys are {self.frame_keys}")
+        self.frames_on_device = bool(self.device_frames)
         self._read_frames = read_frames
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
@@ -102,9 +119,10 @@ class TransitionBatches:
     @classmethod
     def from_dataset(cls, ds: TrajectoryDataset, lowdim: dict[str, torch.Tensor], action: torch.Tensor,
                      reward: np.ndarray, frame_keys: tuple[str, ...], batch_size: int, device: torch.device,
-                     seed: int, exclude_episodes: tuple[int, ...] = ()) -> "TransitionBatches":
+                     seed: int, exclude_episodes: tuple[int, ...] = (), frames_on_device: bool = False
+                     ) -> "TransitionBatches":
         """Transitions of a dataset: t uses reward[t + 1] (reward arrays hold r(s_t)) and ds.terminal_flags();
-        none from ``exclude_episodes`` (held out)."""
+        none from ``exclude_episodes`` (held out). ``frames_on_device``: copy the frames to ``device`` first."""
         idx = ds.transition_indices()
         if exclude_episodes:
             idx = idx[~np.isin(ds.episode_of(idx), exclude_episodes)]
@@ -116,16 +134,18 @@ class TransitionBatches:
             bad = int((~np.isfinite(r_next)).sum())
             raise DatasetError(f"{bad} transitions of {ds.path} have a NaN/inf reward (a relabel that did not finish?); "
                                "rerun `robot-pref relabel` to fill the reward array")
-        return cls(lowdim, action, r_next, ds.terminal_flags(), idx, batch_size, device, seed, frame_keys, ds.get)
+        device_frames = {k: frames_to_device(ds, k, device) for k in frame_keys} if frames_on_device else None
+        return cls(lowdim, action, r_next, ds.terminal_flags(), idx, batch_size, device, seed, frame_keys, ds.get,
+                   device_frames=device_frames)
 
     # --------------------------------------------------------------- sampling
     def sample(self, step: int) -> dict[str, Any]:
-        if not self.frame_keys:
+        if self.frame_keys and not self.frames_on_device:
+            i, frames = self._next_frames(step)
+        else:
             i = self.valid[torch.randint(self.n_transitions, (self.batch_size,), generator=self.generator,
                                          device=self.device)]
-            frames: dict[str, torch.Tensor] = {}
-        else:
-            i, frames = self._next_frames(step)
+            frames = {k: (f[i], f[i + 1]) for k, f in self.device_frames.items()}
         rows = self.table[i]
         cols = [rows[:, sl] for sl in self._slices]
         n = len(self.lowdim_keys)
@@ -177,7 +197,13 @@ class TransitionBatches:
 
     # --------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "frames_on_device": self.frames_on_device}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("frames_on_device", False)  # older checkpoints streamed them
+        if self.frame_keys and saved != self.frames_on_device:
+            where = {True: "kept on the GPU", False: "streamed from the host"}
+            raise ValueError(f"this run's frames were {where[saved]}, now they are {where[self.frames_on_device]}: "
+                             "the two draw different batches; resume with --frames-on-device "
+                             f"{str(saved).lower()} (or start afresh with --overwrite)")
         self.generator.set_state(state["generator"].cpu())  # a checkpoint loaded onto CUDA moves it there

@@ -50,7 +50,15 @@ class TrainConfig:
     image_shift: int = field(default=4, metadata={"help": "random-shift augmentation in pixels (0 = off)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the losses (pays off for long runs)"})
     cuda_graph: bool = field(default=True, metadata={
-        "help": "on CUDA, replay the whole update as one CUDA graph (low-dim observations; eager on CPU)"})
+        "help": "on CUDA, replay the whole update as one CUDA graph (image observations too when their frames "
+                "are on the GPU: --frames-on-device; eager on CPU)"})
+    amp: Literal["none", "bf16"] = field(default="none", metadata={
+        "help": "bf16: the losses' forward under bf16 autocast (backward and Adam stay fp32): the conv encoder "
+                "of end-to-end image IQL runs on the GPU's tensor cores; none = fp32, bit-exact"})
+    frames_on_device: Literal["auto", "true", "false"] = field(default="auto", metadata={
+        "help": "end-to-end image training on CUDA: keep the uint8 frames on the GPU (batches gathered there, "
+                "the update CUDA-graphed); auto = when they fit in half the free GPU memory, else stream them "
+                "from the dataset (eager updates); true on a CPU device is an error"})
     threads: int = field(default=0, metadata={
         "help": "torch CPU threads; 0 = leave torch's choice (every core when alone, the cores Ray reserved "
                 "for it as a pipeline stage); pin 1 on a machine busy with other work"})

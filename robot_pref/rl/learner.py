@@ -84,6 +84,7 @@ class Learner(nn.Module):
         super().__init__()
         self.obs_model = obs_model
         self.compile = compile
+        self.amp = False  # bf16 autocast of the losses' forward (`TrainConfig.amp`)
         self.optimizer: torch.optim.Optimizer
         self.scheduler: torch.optim.lr_scheduler.LambdaLR
 
@@ -107,19 +108,24 @@ class Learner(nn.Module):
         return logs
 
     def _gradient_step(self, batch: dict, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        loss, logs = self._losses(batch, generator)
+        # autocast covers the forward only: gradients come back to the fp32 parameters as fp32, and Adam
+        # updates fp32 weights (no loss scaling: bf16 has fp32's exponent range)
+        device_type = next(self.parameters()).device.type
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=self.amp):
+            loss, logs = self._losses(batch, generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.after_step()
         return logs
 
-    def graphed_update(self, sample: Callable[[], dict], generators: tuple[torch.Generator, ...]
-                       ) -> Callable[[], dict[str, torch.Tensor]] | None:
-        """`update(sample())` as one CUDA graph replay (see `CudaGraphUpdate`); None (and a log line saying
-        why) when capture fails, so the caller keeps the eager update."""
+    def graphed_update(self, sample: Callable[[], dict], generators: tuple[torch.Generator, ...],
+                       augment: torch.Generator | None = None) -> Callable[[], dict[str, torch.Tensor]] | None:
+        """`update(sample(), augment)` as one CUDA graph replay (see `CudaGraphUpdate`); None (and a log line
+        saying why) when capture fails, so the caller keeps the eager update. ``generators`` must hold every
+        generator the step draws from, ``augment`` included."""
         try:
-            return CudaGraphUpdate(self, sample, generators)
+            return CudaGraphUpdate(self, sample, generators, augment)
         except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly
             log.warning("CUDA graph capture failed, training eagerly: %s: %s", type(e).__name__, e)
             return None
@@ -152,13 +158,18 @@ class CudaGraphUpdate:
     steps lives in device tensors the graph updates: batch indices come from the batches' CUDA generator
     (registered with the graph, so each replay advances its offset as an eager step does and its state
     saves and resumes as before), Adam's step counts (``capturable=True``), and the learning rates
-    (tensors, set in the graph from a step counter by the scheduler's own multipliers). The warm-up
-    steps are undone (parameters, Adam state and generators restored), so replays repeat the eager run.
+    (tensors, set in the graph from a step counter by the scheduler's own multipliers). Image batches
+    too: their frames sit on the device and the random-shift augmentation draws from a registered
+    generator (``augment``), so each replay shifts anew as the eager step does. The warm-up steps are
+    undone (parameters, Adam state and generators restored), so replays repeat the eager run.
     The returned logs are the graph's static outputs, overwritten by each replay.
     """
 
     def __init__(self, learner: Learner, sample: Callable[[], dict], generators: tuple[torch.Generator, ...],
-                 warmup: int = 3):
+                 augment: torch.Generator | None = None, warmup: int = 3):
+        if augment is not None and not any(augment is g for g in generators):
+            raise ValueError("the augmentation generator is not among the registered generators: every replay "
+                             "would repeat the captured shifts")
         self.learner = learner
         opt, sched = learner.optimizer, learner.scheduler
         device = next(learner.parameters()).device
@@ -176,14 +187,14 @@ class CudaGraphUpdate:
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
                     for _ in range(warmup):
-                        learner._gradient_step(sample(), None)
+                        learner._gradient_step(sample(), augment)
                 torch.cuda.current_stream().wait_stream(side)
                 self.graph = torch.cuda.CUDAGraph()
                 for gen in generators:
                     self.graph.register_generator_state(gen)
                 opt.zero_grad(set_to_none=True)
                 with torch.cuda.graph(self.graph):
-                    self.logs = learner._gradient_step(sample(), None)
+                    self.logs = learner._gradient_step(sample(), augment)
                     self.t += 1  # scheduler.step(), on the device
                     for g, base, f in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
                         value = base * f(self.t)

@@ -102,7 +102,12 @@ class Actor(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Small conv net (uint8 HWC frames -> features) with DrQ/robomimic-style random-shift augmentation."""
+    """Small conv net (uint8 HWC frames -> features) with DrQ/robomimic-style random-shift augmentation.
+
+    Conv weights and inputs are channels_last (NHWC in memory, the frames' own layout): cuDNN's fast
+    (bf16 tensor-core) kernels want it, and on CPU oneDNN already runs NHWC inputs that way, bit for bit
+    the same. A state dict loads into either layout (``copy_`` keeps the destination's strides).
+    """
 
     def __init__(self, image_size: int, channels: int = 3, feature_dim: int = 64, shift: int = 4):
         super().__init__()
@@ -113,7 +118,7 @@ class ImageEncoder(nn.Module):
             nn.Conv2d(32, 64, 3, stride=2), nn.ReLU(),
             nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
             nn.Flatten(),
-        )
+        ).to(memory_format=torch.channels_last)
         with torch.no_grad():
             n = self.convs(torch.zeros(1, channels, image_size, image_size)).shape[1]
         self.head = nn.Sequential(nn.Linear(n, feature_dim), nn.LayerNorm(feature_dim))
@@ -121,14 +126,18 @@ class ImageEncoder(nn.Module):
 
     def forward(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``frames`` uint8 (B, H, W, C); random shift when ``generator`` is given (training)."""
-        x = frames.permute(0, 3, 1, 2).float().div_(255.0)
+        # a contiguous NHWC batch permuted to NCHW is channels_last already: no copy
+        x = frames.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last).float().div_(255.0)
         if generator is not None and self.shift:
             x = random_shift(x, self.shift, generator)
         return self.head(self.convs(x))
 
 
 def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by an integer in [-pad, pad] pixels (replicate padding), as in DrQ."""
+    """Shift each image by an integer in [-pad, pad] pixels (replicate padding), as in DrQ; channels_last out.
+
+    The shifts come from ``generator`` on ``x``'s device: inside a CUDA graph they are drawn anew at each
+    replay when the graph registers that generator (`CudaGraphUpdate`)."""
     b, _, h, w = x.shape
     x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
     shifts = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=x.device)

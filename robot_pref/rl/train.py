@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -34,9 +35,10 @@ from robot_pref.tracking import open_tracker
 log = logging.getLogger(__name__)
 
 
-# fields that may change between a run and its resumption without changing the result
+# fields that may change between a run and its resumption without changing the result (frames_on_device: the
+# sampler state refuses a resume that moves the frames, as that changes the batches)
 RESUMABLE_CHANGES = {"out", "log_every", "save_every", "eval_every", "eval_episodes", "eval_workers", "overwrite",
-                     "threads", "compile", "cuda_graph", "log"}
+                     "threads", "compile", "cuda_graph", "log", "frames_on_device"}
 
 
 def _frame_size(ds: TrajectoryDataset, key: str) -> int:
@@ -107,8 +109,9 @@ def _principal_components(x: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.n
     return mean.astype(np.float32), vt[:k].T.astype(np.float32), (s[:k] / np.sqrt(max(len(sample) - 1, 1))).astype(np.float32)
 
 
-def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device):
-    """Observation model, batches and the policy spec of a dataset."""
+def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device, resumed: bool | None = None):
+    """Observation model, batches and the policy spec of a dataset; ``resumed``: whether the run being resumed
+    kept its frames on the GPU (`frames_on_device`)."""
     raw_lowdim, frame_keys, obs_entries, projected = _observation_arrays(cfg, ds)
     held_out = holdout_episodes(ds.n_episodes, cfg.holdout)
     train_rows = np.flatnonzero(~np.isin(ds.episode_of(np.arange(ds.n_frames)), held_out))
@@ -135,7 +138,8 @@ def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device):
     action = torch.as_tensor(2.0 * (ds.get("action") - low) / (high - low) - 1.0).clamp(-1.0, 1.0)
     reward = training_rewards(cfg, ds)
     batches = TransitionBatches.from_dataset(ds, lowdim, action, reward, frame_keys, cfg.batch_size, device, cfg.seed,
-                                             exclude_episodes=tuple(held_out))
+                                             exclude_episodes=tuple(held_out),
+                                             frames_on_device=frames_on_device(cfg, ds, frame_keys, device, resumed))
     tasks = sorted(set(ds.episode_table()["task"].tolist()) - {""})
     spec = {
         "algo": cfg.algo, "reward_key": cfg.reward_key, "dataset": ds.path,
@@ -149,6 +153,33 @@ def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device):
         **obs_entries,
     }
     return spec, obs_model, batches
+
+
+def frames_on_device(cfg: TrainConfig, ds: TrajectoryDataset, frame_keys: tuple[str, ...], device: torch.device,
+                     resumed: bool | None = None) -> bool:
+    """Whether the training frames are copied to the GPU (`TrainConfig.frames_on_device`): ``auto`` when they
+    take at most half its free memory (the rest is the update's), else they stream from the dataset; a resumed
+    run (``resumed``: where its frames were) keeps them where they were, as the two ways draw different batches."""
+    if cfg.frames_on_device not in ("auto", "true", "false"):
+        raise ValueError(f"--frames-on-device must be auto, true or false, got {cfg.frames_on_device!r}")
+    if cfg.frames_on_device == "true" and device.type != "cuda":
+        raise ValueError(f"--frames-on-device true keeps the frames in GPU memory, but the device is {device}; "
+                         "use --frames-on-device auto (or false) on a CPU")
+    if not frame_keys or cfg.frames_on_device == "false":
+        return False
+    if cfg.frames_on_device == "true":
+        return True
+    if device.type != "cuda":
+        return False
+    if resumed is not None:
+        return resumed
+    nbytes = sum(math.prod(ds.shape(k)) for k in frame_keys)
+    free, _ = torch.cuda.mem_get_info(device)
+    if nbytes <= free / 2:
+        return True
+    log.info("frames stream from the dataset, updates run eagerly: the frames take %.1f GiB, more than half the "
+             "GPU's free %.1f GiB (--frames-on-device true copies them anyway)", nbytes / 2**30, free / 2**30)
+    return False
 
 
 def training_rewards(cfg: TrainConfig, ds: TrajectoryDataset) -> np.ndarray:
@@ -176,27 +207,34 @@ def holdout_episodes(n_episodes: int, fraction: float) -> list[int]:
 def make_learner(cfg: TrainConfig, obs_model: ObsModel, act_dim: int) -> Learner:
     common = dict(hidden=tuple(cfg.hidden), actor_lr=cfg.actor_lr, actor=cfg.actor, total_steps=cfg.steps,
                   compile=cfg.compile)
+    if cfg.amp not in ("none", "bf16"):
+        raise ValueError(f"--amp must be none or bf16, got {cfg.amp!r}")
     if cfg.algo == "iql":
-        return IQL(obs_model, act_dim, lr=cfg.lr, gamma=cfg.gamma, expectile=cfg.expectile, beta=cfg.beta,
-                   max_weight=cfg.max_weight, polyak=cfg.polyak, **common)
-    if cfg.algo == "bc":
-        return BC(obs_model, act_dim, **common)
-    if cfg.algo == "rwbc":
-        return RWBC(obs_model, act_dim, lr=cfg.lr, beta=cfg.rwbc_beta, max_weight=cfg.rwbc_max_weight, **common)
-    raise ValueError(f"unknown algo {cfg.algo!r}; choose iql, bc or rwbc")
+        learner: Learner = IQL(obs_model, act_dim, lr=cfg.lr, gamma=cfg.gamma, expectile=cfg.expectile,
+                               beta=cfg.beta, max_weight=cfg.max_weight, polyak=cfg.polyak, **common)
+    elif cfg.algo == "bc":
+        learner = BC(obs_model, act_dim, **common)
+    elif cfg.algo == "rwbc":
+        learner = RWBC(obs_model, act_dim, lr=cfg.lr, beta=cfg.rwbc_beta, max_weight=cfg.rwbc_max_weight, **common)
+    else:
+        raise ValueError(f"unknown algo {cfg.algo!r}; choose iql, bc or rwbc")
+    learner.amp = cfg.amp == "bf16"
+    return learner
 
 
 def make_update(cfg: TrainConfig, learner: Learner, batches: TransitionBatches, device: torch.device):
     """step -> logs of one update: a CUDA graph replay when ``cfg.cuda_graph`` holds on a GPU and the batch is
-    gathered on the device, else the eager update. Call after loading the train state (a graph reads its tensors)."""
+    gathered on the device (frames too), else the eager update. Call after loading the train state (a graph reads
+    its tensors)."""
+    generator = batches.generator if batches.frame_keys else None  # random-shift augmentation
     if cfg.cuda_graph and device.type == "cuda":
-        if batches.frame_keys:
-            log.info("training eagerly: frames come from a host thread, which a CUDA graph cannot replay")
+        if batches.frame_keys and not batches.frames_on_device:
+            log.info("training eagerly: frames come from a host thread, which a CUDA graph cannot replay "
+                     "(--frames-on-device true keeps them on the GPU)")
         else:
-            graphed = learner.graphed_update(lambda: batches.sample(0), (batches.generator,))
+            graphed = learner.graphed_update(lambda: batches.sample(0), (batches.generator,), generator)
             if graphed is not None:
                 return lambda step: graphed()
-    generator = batches.generator if batches.frame_keys else None  # random-shift augmentation
     return lambda step: learner.update(batches.sample(step), generator)
 
 
@@ -312,13 +350,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     ds = TrajectoryDataset.open(cfg.dataset)
-    spec, obs_model, batches = prepare(cfg, ds, device)
+    last = out / "last.pt"
+    ckpt = load_checkpoint(last, device) if last.exists() and not cfg.overwrite else None
+    resumed = ckpt["sampler"].get("frames_on_device", False) if ckpt else None  # older checkpoints streamed them
+    spec, obs_model, batches = prepare(cfg, ds, device, resumed)
     learner = make_learner(cfg, obs_model, len(spec["action_low"])).to(device)
 
     step, wall, best, evals = 0, 0.0, None, []
-    last = out / "last.pt"
-    if last.exists() and not cfg.overwrite:
-        ckpt = load_checkpoint(last, device)
+    if ckpt is not None:
         changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["config"].items()
                    if k not in RESUMABLE_CHANGES and _norm(v) != _norm(getattr(cfg, k))}
         if changed:
@@ -388,6 +427,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     wall_s = wall + time.perf_counter() - t0
     info = {"algo": cfg.algo, "reward_key": cfg.reward_key, "dataset": cfg.dataset, "steps": step,
             "wall_s": round(wall_s, 2), "device": str(device), "transitions": batches.n_transitions,
+            "frames_on_device": batches.frames_on_device,
             "last_losses": {k: float(v.mean()) for k, v in logs.items()},
             "evals": evals, "best": best, "checkpoint": str(last)}
     (out / "train_info.json").write_text(json.dumps(info, indent=2))
