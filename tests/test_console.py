@@ -47,3 +47,21 @@ def test_actors_that_fit_caps_at_what_the_cluster_can_place(ray_session, capsys)
     assert actors_that_fit(4 * cpus, "label", num_cpus=0.5) == 2 * cpus  # a VLM actor takes half a CPU
     if gpus:
         assert actors_that_fit(gpus + 1, "eval", num_gpus=1) == gpus
+
+
+def test_local_ray_starts_without_its_dashboard_unless_verbose():
+    """The dashboard costs every command ~3 s of start-up; with -v it is there (and its URL printed)."""
+    script = """
+import os, ray
+from robot_pref.console import init_ray
+for flag in ("", "1"):
+    os.environ["ROBOT_PREF_VERBOSE"] = flag
+    init_ray(num_cpus=1)
+    print("dashboard", flag or "0", bool(ray._private.worker.global_worker.node.address_info.get("webui_url")))
+    ray.shutdown()
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dashboard 0 False" in proc.stdout and "dashboard 1 True" in proc.stdout, proc.stdout

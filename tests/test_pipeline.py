@@ -79,8 +79,11 @@ def test_quickstart_killed_mid_stage_resumes_and_reports(tmp_path):
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["label"]["pairs"] == 150 and saved["dataset"] == str(run_dir / "dataset.zarr")
 
+    last_run = (run_dir / "run.json").read_text()
     again = subprocess.run(_cmd(run_dir), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("skipped") == 12, again.stdout
+    assert "nothing to rerun" in again.stdout  # and the last real run's wall time and CPU stay in run.json
+    assert (run_dir / "run.json").read_text() == last_run
 
     # a changed evaluation setting reruns only the evaluations, from scratch
     shorter = subprocess.run(_cmd(run_dir, "eval.max_steps=20"), cwd=REPO, env=_env(), capture_output=True,

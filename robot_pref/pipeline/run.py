@@ -329,7 +329,6 @@ def run_pipeline(cfg: RunConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     (run_dir / "stages").mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-    _init_ray(cfg.address)
     stages = build_stages(cfg)
     names = [s.name for s in stages]
     if cfg.stop_after:
@@ -341,6 +340,11 @@ def run_pipeline(cfg: RunConfig) -> dict:
 
     run_start, cpu_start = time.perf_counter(), psutil.cpu_times()
     plan = _plan(stages, run_dir)
+    if not plan:  # everything is up to date: no Ray to start (~7 s), and run.json keeps the last real run
+        report = write_report(cfg, run_dir, [s.name for s in stages])
+        print(f"run {cfg.name}: nothing to rerun; report: {run_dir / 'report.md'}")
+        return report
+    _init_ray(cfg.address)
     budget = _cpu_budget() if cfg.parallel else 0.0
     _execute(plan, budget, [s.name for s in stages], cfg.gpus, run_dir)
     wall, busy = time.perf_counter() - run_start, _busy_fraction(cpu_start, psutil.cpu_times())
