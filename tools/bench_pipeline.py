@@ -7,8 +7,8 @@ time and the whole machine's CPU utilisation over the run, and the success table
 must agree within the evaluation's noise. Run it on a quiet machine: other work on the cores shows up
 in the utilisation and in both wall times.
 
-Machines of one kind differ from day to day (the same quickstart took 291 s on 2026-11-28 and 647 s on
-2026-12-07, both sequential, 2 cores), so the run starts with two probes of this machine's speed, printed
+Machines of one kind differ from day to day (the quickstart took 291 s on 2026-11-28 and 647 s on
+2026-12-07, both sequential on 2 cores, with nearly the same settings), so the run starts with two probes of this machine's speed, printed
 with the tables: one-thread GFLOP/s of a 256x256x256 matmul (the trainings' kind of work) and ms per
 robosuite Lift step (collect and evaluation: Python controller code). Compare wall times across days
 together with them.
