@@ -97,6 +97,32 @@ def test_answers_depend_on_the_query_not_the_batch(ds, pairs):
     assert whole == split[150:] + split[:150]
 
 
+def test_the_same_data_written_again_gets_the_same_labels_under_other_store_keys(tmp_path):
+    """Two writes of the same episodes (each gets new uuid4 episode ids, as two collects of one seed do):
+    the teacher's mistakes follow what the frames show, so the labels agree; the store keys differ, so
+    neither dataset is ever served the other's stored answers. Another teacher seed draws other mistakes."""
+    one = make_square_dataset(tmp_path / "one.zarr", episodes=8, length=25)
+    two = make_square_dataset(tmp_path / "two.zarr", episodes=8, length=25)
+    assert one.identity != two.identity
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, one.n_frames, 2000), rng.integers(0, one.n_frames, 2000)
+
+    def answers(ds, **kw):
+        t = TeacherLabeler(TeacherConfig(**{"kind": "mistake", "eps": 0.3, **kw}), "goal", dataset=ds)
+        keys = t.query_keys(a, b)
+        return keys, np.array([x.label for x in asyncio.run(t.label([Query(k, int(i), int(j))
+                                                                     for k, i, j in zip(keys, a, b)]))])
+
+    keys_one, labels_one = answers(one)
+    keys_two, labels_two = answers(two)
+    assert not set(keys_one) & set(keys_two)
+    np.testing.assert_array_equal(labels_one, labels_two)
+    _, oracle = answers(one, eps=0.0)
+    assert 0.25 < np.mean(labels_one != oracle) < 0.35  # still eps of the answers flipped
+    _, reseeded = answers(one, seed=1)
+    assert 0.3 < np.mean(reseeded != labels_one) < 0.6  # independent mistakes: 2 eps (1 - eps) = 0.42
+
+
 def binned(gap, n_bins=5):
     """Bins of the normalised gap with enough pairs each (quantiles of the non-tied pairs)."""
     edges = np.quantile(gap[gap > 0], np.linspace(0, 1, n_bins + 1))

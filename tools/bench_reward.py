@@ -128,7 +128,7 @@ def bench_curve(args, work: Path) -> tuple[str, dict]:
     teacher = TeacherLabeler(TeacherConfig(kind="mistake", eps=args.eps), goal="", dataset=ds)
 
     def label_fn(a, b):
-        label, skip, _, _ = teacher.decide(a, b, teacher.query_keys(a, b))
+        label, skip, _, _ = teacher.decide(a, b, teacher.noise_keys(a, b))
         return np.where(skip, -1, label)
 
     cfg = FitRewardConfig(dataset=args.dataset, camera=args.camera, ensemble=args.ensemble, epochs=args.epochs,

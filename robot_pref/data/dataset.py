@@ -456,6 +456,17 @@ class TrajectoryDataset:
         ids = self.episode_ids
         return [f"{ids[e]}:{t}" for e, t in zip(ep.tolist(), steps.tolist())]
 
+    def content_frame_ids(self, indices: np.ndarray) -> list[str]:
+        """``"<episode content hash>:<step>"`` of each frame index: unlike `frame_ids`, equal for the frames of
+        bit-identical episodes (states, actions, true reward) in any dataset, e.g. two collects of one seed."""
+        if "content_ids" not in self._cache:
+            self._cache["content_ids"] = self._derived_episode_ids()
+        rows = self._frame_rows(indices)
+        ep = self.episode_of(rows)
+        steps = rows - self.episode_starts[ep]
+        ids = self._cache["content_ids"]
+        return [f"{ids[e]}:{t}" for e, t in zip(ep.tolist(), steps.tolist())]
+
     def keys(self, group: str) -> list[str]:
         return sorted(k for k, _ in self.root[group].arrays()) if group in self.root else []
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -124,14 +124,18 @@ class Labeler:
         """Extra constructor arguments read on the driver (e.g. the API key, as a `Secret`)."""
         return {}
 
-    def query_keys(self, index_a: np.ndarray, index_b: np.ndarray, frames_a=None, frames_b=None) -> list[str]:
+    def query_keys(self, index_a: np.ndarray, index_b: np.ndarray, frames_a=None, frames_b=None,
+                   frame_ids: Callable[[np.ndarray], list[str]] | None = None) -> list[str]:
+        """One sha256 per pair of the labeler's settings and the two frames (pixels, or for index-based labelers
+        ``frame_ids`` of them: `TrajectoryDataset.frame_ids`, their identity, unless given)."""
         head = hashlib.sha256(json.dumps({"type": self.type, "goal": self.goal, **self.settings()},
                                          sort_keys=True).encode())
         if not self.uses_frames:
             if self.dataset is None:
                 raise ValueError(f"the {self.type} labeler answers by frame index: construct it with the "
                                  "dataset (dataset=...) so its keys name which dataset's frames they mean")
-            ids_a, ids_b = self.dataset.frame_ids(index_a), self.dataset.frame_ids(index_b)
+            frame_ids = frame_ids or self.dataset.frame_ids
+            ids_a, ids_b = frame_ids(index_a), frame_ids(index_b)
         keys = []
         for i in range(len(index_a)):
             h = head.copy()

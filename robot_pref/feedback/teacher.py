@@ -189,10 +189,16 @@ class TeacherLabeler(Labeler):
         label[equal] = -1
         return label, skip, ra, rb
 
+    def noise_keys(self, index_a: np.ndarray, index_b: np.ndarray) -> list[str]:
+        """Keys of the random draws (mistakes, unsure answers, guesses): `query_keys` of the frames' content
+        instead of their identity, so two collects of the same data get the same labels; the answer store,
+        keyed by identity, still never serves a new dataset another one's answers."""
+        return self.query_keys(index_a, index_b, frame_ids=self.dataset.content_frame_ids)
+
     async def label(self, queries: list[Query]) -> list[Answer]:
         ia = np.asarray([q.index_a for q in queries], dtype=np.int64)
         ib = np.asarray([q.index_b for q in queries], dtype=np.int64)
-        label, skip, ra, rb = self.decide(ia, ib, [q.key for q in queries])
+        label, skip, ra, rb = self.decide(ia, ib, self.noise_keys(ia, ib))
         return [q.answer(-1 if s else int(lab), SKIPPED if s else (ABSTAINED if lab == -1 else LABELED),
                          return_a=float(a), return_b=float(b))
                 for q, lab, s, a, b in zip(queries, label, skip, ra, rb)]
