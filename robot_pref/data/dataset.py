@@ -450,22 +450,20 @@ class TrajectoryDataset:
         Stable across appends (earlier episodes keep their ids and steps), different in any other
         dataset written at the same path.
         """
-        rows = self._frame_rows(indices)
-        ep = self.episode_of(rows)
-        steps = rows - self.episode_starts[ep]
-        ids = self.episode_ids
-        return [f"{ids[e]}:{t}" for e, t in zip(ep.tolist(), steps.tolist())]
+        return self._with_steps(self.episode_ids, indices)
 
     def content_frame_ids(self, indices: np.ndarray) -> list[str]:
         """``"<episode content hash>:<step>"`` of each frame index: unlike `frame_ids`, equal for the frames of
         bit-identical episodes (states, actions, true reward) in any dataset, e.g. two collects of one seed."""
         if "content_ids" not in self._cache:
             self._cache["content_ids"] = self._derived_episode_ids()
+        return self._with_steps(self._cache["content_ids"], indices)
+
+    def _with_steps(self, episode_ids: np.ndarray, indices: np.ndarray) -> list[str]:
         rows = self._frame_rows(indices)
         ep = self.episode_of(rows)
         steps = rows - self.episode_starts[ep]
-        ids = self._cache["content_ids"]
-        return [f"{ids[e]}:{t}" for e, t in zip(ep.tolist(), steps.tolist())]
+        return [f"{episode_ids[e]}:{t}" for e, t in zip(ep.tolist(), steps.tolist())]
 
     def keys(self, group: str) -> list[str]:
         return sorted(k for k, _ in self.root[group].arrays()) if group in self.root else []
