@@ -255,6 +255,50 @@ def test_a_stage_others_need_keeps_its_cores_while_its_input_finishes(tmp_path, 
     assert done["t2"]["started_unix"] >= done["fit"]["started_unix"]  # t2 did not take fit's core
 
 
+def test_a_stage_waiting_on_a_running_one_reserves_only_the_cores_that_one_does_not_free(tmp_path, ray_session):
+    """relabel (1 CPU) waits on fit (1 CPU): fit's own core comes back when it ends, so t2, ready when t1 ends,
+    takes the other core at once instead of leaving it idle until fit is done."""
+    from robot_pref.pipeline.run import Stage
+
+    nap = lambda c: (time.sleep(c["s"]), {})[1]  # noqa: E731
+    stages = [Stage("fit", {"s": 3.0}, nap, remote=True), Stage("relabel", {"s": 0.1}, nap, ("fit",)),
+              Stage("use", {"s": 0.1}, nap, ("relabel",), remote=True),
+              Stage("t1", {"s": 0.5}, nap, remote=True), Stage("t2", {"s": 0.5}, nap, ("t1",), remote=True)]
+    done = _schedule(tmp_path, stages, 2.0)
+    fit_end = done["fit"]["started_unix"] + done["fit"]["seconds"]
+    assert done["t2"]["started_unix"] + done["t2"]["seconds"] < fit_end - 1.0  # beside fit, not after it
+    assert done["use"]["started_unix"] >= done["relabel"]["started_unix"] + done["relabel"]["seconds"] - 0.05
+
+
+@pytest.mark.parametrize("budget, threads", [(2.0, 2), (1.0, 1)])
+def test_a_remote_stage_gets_as_many_torch_threads_as_the_cpus_it_holds(tmp_path, ray_session, budget, threads):
+    """A 2-CPU training on a 1-CPU budget runs on 1 CPU and 1 thread instead of waiting forever for 2."""
+    from robot_pref.pipeline.run import Stage
+
+    def threads_seen(_):
+        import torch
+
+        return {"threads": torch.get_num_threads()}
+
+    done = _schedule(tmp_path, [Stage("train", {}, threads_seen, cpus=2.0, remote=True)], budget)
+    assert done["train"]["result"] == {"threads": threads}
+
+
+def test_only_trainings_on_the_learned_reward_ask_for_two_cpus_unless_threads_are_pinned(tmp_path):
+    from robot_pref.pipeline.run import RunConfig, build_stages
+    from robot_pref.rl.config import TrainConfig
+
+    def cpus(**train):
+        cfg = RunConfig(name="x", run_dir=str(tmp_path / "run"), train=TrainConfig(**train),
+                        policies=("iql-learned", "iql-true", "iql-constant", "bc", "rwbc"))
+        return {s.name: s.cpus for s in build_stages(cfg.resolved()) if s.name.startswith(("train_", "fit_"))}
+
+    assert cpus() == {"fit_reward": 1.0, "train_iql-learned": 2.0, "train_iql-true": 1.0,
+                      "train_iql-constant": 2.0, "train_bc": 1.0, "train_rwbc": 2.0}
+    pinned = cpus(threads=3)
+    assert pinned.pop("fit_reward") == 1.0 and set(pinned.values()) == {3}
+
+
 def test_an_evaluation_starts_on_the_cores_left_beside_a_training(tmp_path, ray_session):
     """eval asks for 2 workers while a 1-CPU training runs: it starts at once with 1 worker, same config else."""
     from robot_pref.pipeline.run import Stage

@@ -40,6 +40,11 @@ from robot_pref.rl.config import TrainConfig
 from robot_pref.tracking import LogKind
 
 LEARNED_REWARD_KEY = "learned"
+# CPUs (= torch threads) of a training on the learned reward with train.threads 0. The label-free trainings
+# (1 CPU each) run beside the reward fit and are done when it ends, so the learned-reward training that
+# follows would otherwise run on one core beside an idle one: IQL's update is 1.4-1.5x faster on 2 threads
+# (docs/RL.md), the same gain as two 1-thread trainings side by side, so several such policies lose nothing.
+LATE_TRAINING_CPUS = 2.0
 
 
 @dataclass
@@ -233,7 +238,9 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                 encoded[same] = f"encode_{policy}"
                 stages.append(Stage(encoded[same], encode_cfg, encode_features, ("relabel", *source)))
             reads += (encoded[same],)
-        stages.append(Stage(f"train_{policy}", train_cfg, train, reads, cpus=max(train_cfg.threads, 1),
+        late = "relabel" in reads  # waits on the reward model: usually trains after the label-free ones
+        stages.append(Stage(f"train_{policy}", train_cfg, train, reads,
+                            cpus=train_cfg.threads or (LATE_TRAINING_CPUS if late else 1.0),
                             remote=remote, progress=lambda c=train_cfg: _train_progress(c)))
         if simulated:
             stages.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",),
@@ -271,16 +278,18 @@ def _train_progress(cfg: TrainConfig) -> str:
 
 
 def _run_stage(stage: Stage, fresh: bool, gpus: float, cpus: float | None = None) -> tuple[dict, float]:
-    """(result, CPU seconds of the process that ran it) — a Ray task holding ``stage.cpus`` CPUs and ``gpus``
-    GPUs for a remote stage (Ray hides GPUs from tasks that ask for none), else this process; ``cpus``: the
-    cores the scheduler gave it, when fewer than it asks for (see `Stage.shrink`)."""
+    """(result, CPU seconds of the process that ran it) — a Ray task holding ``cpus`` CPUs (the cores the
+    scheduler gave it; without a budget ``stage.cpus``, at most the cluster's), as many torch threads, and
+    ``gpus`` GPUs for a remote stage (Ray hides GPUs from tasks that ask for none), else this process."""
     config = stage.config_for(fresh, cpus)
     if not stage.remote:
         return _timed_call(stage.fn, config, 0)
     import ray
 
-    task = ray.remote(num_cpus=stage.cpus, num_gpus=gpus, max_retries=0)(_timed_call)
-    ref = task.remote(stage.fn, config, stage.cpus)
+    # never more than the cluster has (a task asking for more would wait forever); threads = CPUs held
+    given = min(stage.cpus, _cpu_budget()) if cpus is None else cpus
+    task = ray.remote(num_cpus=given, num_gpus=gpus, max_retries=0)(_timed_call)
+    ref = task.remote(stage.fn, config, given)
     _IN_FLIGHT[stage.name] = ref
     try:
         return ray.get(ref)
@@ -430,7 +439,9 @@ def _execute(plan: list[tuple[Stage, bool, str]], budget: float, all_names: list
                 pending = [n for n in stage.needs if n in planned and n not in finished]
                 if pending:
                     if stage.name in needed and all(n in running for n in pending):
-                        reserved += min(stage.cpus, budget)
+                        # the cores its inputs hold come back when they end: reserve only the rest (relabel
+                        # keeps no second core idle beside the fit it waits on)
+                        reserved += max(0.0, min(stage.cpus, budget) - sum(running[n][2] for n in pending))
                     continue
                 cost, free = min(stage.cpus, budget), budget - used - reserved
                 if stage.shrink is not None and 1 <= free < cost:
