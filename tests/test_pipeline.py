@@ -284,21 +284,6 @@ def test_a_remote_stage_gets_as_many_torch_threads_as_the_cpus_it_holds(tmp_path
     assert done["train"]["result"] == {"threads": threads}
 
 
-def test_only_trainings_on_the_learned_reward_ask_for_two_cpus_unless_threads_are_pinned(tmp_path):
-    from robot_pref.pipeline.run import RunConfig, build_stages
-    from robot_pref.rl.config import TrainConfig
-
-    def cpus(**train):
-        cfg = RunConfig(name="x", run_dir=str(tmp_path / "run"), train=TrainConfig(**train),
-                        policies=("iql-learned", "iql-true", "iql-constant", "bc", "rwbc"))
-        return {s.name: s.cpus for s in build_stages(cfg.resolved()) if s.name.startswith(("train_", "fit_"))}
-
-    assert cpus() == {"fit_reward": 1.0, "train_iql-learned": 2.0, "train_iql-true": 1.0,
-                      "train_iql-constant": 2.0, "train_bc": 1.0, "train_rwbc": 2.0}
-    pinned = cpus(threads=3)
-    assert pinned.pop("fit_reward") == 1.0 and set(pinned.values()) == {3}
-
-
 def test_an_evaluation_starts_on_the_cores_left_beside_a_training(tmp_path, ray_session):
     """eval asks for 2 workers while a 1-CPU training runs: it starts at once with 1 worker, same config else."""
     from robot_pref.pipeline.run import Stage

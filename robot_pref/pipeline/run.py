@@ -40,11 +40,6 @@ from robot_pref.rl.config import TrainConfig
 from robot_pref.tracking import LogKind
 
 LEARNED_REWARD_KEY = "learned"
-# CPUs (= torch threads) of a training on the learned reward with train.threads 0. The label-free trainings
-# (1 CPU each) run beside the reward fit and are done when it ends, so the learned-reward training that
-# follows would otherwise run on one core beside an idle one: IQL's update is 1.4-1.5x faster on 2 threads
-# (docs/RL.md), the same gain as two 1-thread trainings side by side, so several such policies lose nothing.
-LATE_TRAINING_CPUS = 2.0
 
 
 @dataclass
@@ -238,9 +233,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                 encoded[same] = f"encode_{policy}"
                 stages.append(Stage(encoded[same], encode_cfg, encode_features, ("relabel", *source)))
             reads += (encoded[same],)
-        late = "relabel" in reads  # waits on the reward model: usually trains after the label-free ones
-        stages.append(Stage(f"train_{policy}", train_cfg, train, reads,
-                            cpus=train_cfg.threads or (LATE_TRAINING_CPUS if late else 1.0),
+        stages.append(Stage(f"train_{policy}", train_cfg, train, reads, cpus=max(train_cfg.threads, 1),
                             remote=remote, progress=lambda c=train_cfg: _train_progress(c)))
         if simulated:
             stages.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",),

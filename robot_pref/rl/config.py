@@ -60,8 +60,8 @@ class TrainConfig:
                 "the update CUDA-graphed); auto = when they fit in half the free GPU memory, else stream them "
                 "from the dataset (eager updates); true on a CPU device is an error"})
     threads: int = field(default=0, metadata={
-        "help": "torch CPU threads; 0 = leave torch's choice (every core when alone; as a pipeline stage the "
-                "CPUs it holds: 1, or 2 on the learned reward); pin 1 on a machine busy with other work"})
+        "help": "torch CPU threads; 0 = leave torch's choice (every core when alone, the cores Ray reserved "
+                "for it as a pipeline stage); pin 1 on a machine busy with other work"})
     holdout: float = field(default=0.0, metadata={
         "help": "fraction of episodes left out of training (the same ones for every policy and seed), for "
                 "offline evaluation on data without a simulator"})
