@@ -41,6 +41,16 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 
+_RENDER_ONLY = False  # set by `render_only()`
+
+
+def render_only() -> None:
+    """Declare this process one that renders and never runs torch (a render actor): its first frame then
+    skips the torch import of `_load_torch_llvm_first`, 2-5 s of every render actor's start here."""
+    global _RENDER_ONLY
+    _RENDER_ONLY = True
+
+
 def _load_torch_llvm_first() -> None:
     """Load torch's compiler stack (and its LLVM) before Mesa's EGL brings another LLVM.
 
@@ -48,6 +58,8 @@ def _load_torch_llvm_first() -> None:
     optimizers do, on first use) segfaults: two LLVMs collide. Loading torch's side first is safe, and
     the pipeline, eval and rollout all render and train in one process.
     """
+    if _RENDER_ONLY:
+        return
     try:
         import torch._dynamo  # noqa: F401
     except ImportError:  # torch is optional for rendering alone

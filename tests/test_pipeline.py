@@ -270,6 +270,22 @@ def test_a_stage_waiting_on_a_running_one_reserves_only_the_cores_that_one_does_
     assert done["use"]["started_unix"] >= done["relabel"]["started_unix"] + done["relabel"]["seconds"] - 0.05
 
 
+def test_an_in_process_stage_others_need_is_not_held_up_by_a_later_in_process_one(tmp_path, ray_session):
+    """relabel runs in the driver, one such stage at a time: an evaluation of the label-free policy, ready while
+    the fit still runs, waits for relabel instead of starting and keeping relabel (and what follows) waiting."""
+    from robot_pref.pipeline.run import Stage
+
+    nap = lambda c: (time.sleep(c["s"]), {})[1]  # noqa: E731
+    stages = [Stage("fit", {"s": 2.5}, nap, remote=True), Stage("relabel", {"s": 0.1}, nap, ("fit",)),
+              Stage("train_learned", {"s": 0.1}, nap, ("relabel",), remote=True),
+              Stage("train_true", {"s": 0.3}, nap, remote=True),
+              Stage("eval_true", {"s": 4.0}, nap, ("train_true",))]
+    done = _schedule(tmp_path, stages, 2.0)
+    fit_end = done["fit"]["started_unix"] + done["fit"]["seconds"]
+    assert done["relabel"]["started_unix"] < fit_end + 1.0  # not after the 4 s evaluation
+    assert done["eval_true"]["started_unix"] >= done["relabel"]["started_unix"] + done["relabel"]["seconds"] - 0.05
+
+
 @pytest.mark.parametrize("budget, threads", [(2.0, 2), (1.0, 1)])
 def test_a_remote_stage_gets_as_many_torch_threads_as_the_cpus_it_holds(tmp_path, ray_session, budget, threads):
     """A 2-CPU training on a 1-CPU budget runs on 1 CPU and 1 thread instead of waiting forever for 2."""

@@ -59,6 +59,29 @@ def test_replay_equals_online_and_two_actors_equal_one(online, ray_session):
     assert TrajectoryDataset.open(path).rendered_episodes(KEY).all()
 
 
+def test_a_render_actor_renders_the_online_frames_without_loading_torch(online):
+    """The actor's process never trains, so its first frame skips the torch import that guards training
+    processes against the EGL/LLVM clash (seconds of every actor's start); the pixels stay the same."""
+    import json
+    import subprocess
+    import sys
+
+    path, online_frames = online
+    probe = (
+        "import json, sys\n"
+        "from robot_pref.data.dataset import TrajectoryDataset\n"
+        "from robot_pref.render.actors import EpisodeRenderer\n"
+        f"ds = TrajectoryDataset.open({str(path)!r})\n"
+        "actor = EpisodeRenderer(ds.env_meta, 'agentview', 48, 48, {})\n"
+        "actor.setup()\n"
+        "frames = actor.render_episode(ds.get('state', ds.episode_slice(1)))\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'frames': frames.tolist()}))\n")
+    out = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                    check=True).stdout.strip().splitlines()[-1])
+    assert out["torch"] is False
+    np.testing.assert_array_equal(np.array(out["frames"], np.uint8), online_frames[STEPS:2 * STEPS])
+
+
 def test_resume_after_interruption(online, ray_session, monkeypatch):
     path, online_frames = online
     write = TrajectoryDataset.write_episode_frames

@@ -408,8 +408,9 @@ def _execute(plan: list[tuple[Stage, bool, str]], budget: float, all_names: list
     Two rules keep the cores busy on what the run waits for. A stage other stages need (fit_reward, on the
     way to the learned-reward training) keeps its CPUs reserved once all it waits on is running, so later
     stages that are ready earlier (the label-free trainings) do not take its cores a moment before it can
-    start. A stage with `Stage.shrink` (evaluations) starts on the cores that are free when fewer than it
-    asks for are."""
+    start, nor (one in this process, relabel) the process: an evaluation of a label-free policy started
+    then would hold up relabel, and the learned-reward training behind it, until it ends. A stage with
+    `Stage.shrink` (evaluations) starts on the cores that are free when fewer than it asks for are."""
     head = {name: f"[{i}/{len(all_names)}] {name:<18}" for i, name in enumerate(all_names, 1)}
     planned = {stage.name for stage, _, _ in plan}
     needed = {n for stage, _, _ in plan for n in stage.needs}
@@ -427,6 +428,7 @@ def _execute(plan: list[tuple[Stage, bool, str]], budget: float, all_names: list
     try:
         while waiting or running:
             reserved = 0.0  # CPUs of earlier stages that start as soon as what is running now ends
+            local_reserved = False  # such a stage runs in this process: later in-process ones wait for it
             for item in list(waiting):
                 stage, fresh, _ = item
                 pending = [n for n in stage.needs if n in planned and n not in finished]
@@ -435,12 +437,13 @@ def _execute(plan: list[tuple[Stage, bool, str]], budget: float, all_names: list
                         # the cores its inputs hold come back when they end: reserve only the rest (relabel
                         # keeps no second core idle beside the fit it waits on)
                         reserved += max(0.0, min(stage.cpus, budget) - sum(running[n][2] for n in pending))
+                        local_reserved |= not stage.remote
                     continue
                 cost, free = min(stage.cpus, budget), budget - used - reserved
                 if stage.shrink is not None and 1 <= free < cost:
                     cost = float(int(free))
                 local_busy = any(not s.remote for s, _, _ in running.values())
-                if running and (not budget or cost > free or (not stage.remote and local_busy)):
+                if running and (not budget or cost > free or (not stage.remote and (local_busy or local_reserved))):
                     break  # no overtaking: later stages wait for this one
                 waiting.remove(item)
                 running[stage.name] = (stage, time.perf_counter(), cost)
