@@ -300,6 +300,20 @@ def test_a_remote_stage_gets_as_many_torch_threads_as_the_cpus_it_holds(tmp_path
     assert done["train"]["result"] == {"threads": threads}
 
 
+def test_the_fit_asks_for_two_cpus_and_evaluations_come_after_every_training(tmp_path):
+    """The fit gets both cores of a small machine (everything on the learned reward waits for it), and no
+    training is listed behind an evaluation, which would keep it waiting (in-process stages go one at a time)."""
+    from robot_pref.pipeline.run import RunConfig, build_stages
+
+    cfg = RunConfig(name="x", run_dir=str(tmp_path / "run"), policies=("iql-learned", "iql-true", "bc"))
+    stages = build_stages(cfg.resolved())
+    names = [s.name for s in stages]
+    assert names[names.index("fit_reward"):] == ["fit_reward", "relabel", "train_iql-learned", "train_iql-true",
+                                                 "train_bc", "eval_iql-learned", "eval_iql-true", "eval_bc"]
+    cpus = {s.name: s.cpus for s in stages}
+    assert cpus["fit_reward"] == 2.0 and {cpus[f"train_{p}"] for p in cfg.policies} == {1.0}
+
+
 def test_an_evaluation_starts_on_the_cores_left_beside_a_training(tmp_path, ray_session):
     """eval asks for 2 workers while a 1-CPU training runs: it starts at once with 1 worker, same config else."""
     from robot_pref.pipeline.run import Stage

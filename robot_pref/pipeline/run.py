@@ -40,6 +40,10 @@ from robot_pref.rl.config import TrainConfig
 from robot_pref.tracking import LogKind
 
 LEARNED_REWARD_KEY = "learned"
+# CPUs (= torch threads) of the reward fit. Everything on the learned reward waits for it: on 1 core beside a
+# label-free training it took ~1.7x as long as alone on 2, and the learned-reward training after it then ran
+# alone on 1 core beside an idle one; on 2 the label-free trainings run after it, beside that training.
+FIT_REWARD_CPUS = 2.0
 
 
 @dataclass
@@ -210,9 +214,12 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     from robot_pref.eval.offline import OfflineEvalConfig, evaluate_offline, has_simulator
 
     simulated = has_simulator(cfg.dataset)  # an imported real-robot dataset is evaluated offline
-    stages.append(Stage("fit_reward", cfg.fit_reward, fit_reward, ("label",), remote=remote))
+    stages.append(Stage("fit_reward", cfg.fit_reward, fit_reward, ("label",), cpus=FIT_REWARD_CPUS, remote=remote))
     stages.append(Stage("relabel", cfg.relabel, relabel, ("fit_reward",)))
     encoded: dict[str, str] = {}  # encode config -> the stage that writes those features
+    # evaluations after every training: in-process stages go one at a time and none is overtaken, so a
+    # training listed after an evaluation would wait for it (BC sat behind two evaluations, a core idle)
+    evaluations: list[Stage] = []
     for policy in cfg.policies:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
@@ -236,13 +243,13 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         stages.append(Stage(f"train_{policy}", train_cfg, train, reads, cpus=max(train_cfg.threads, 1),
                             remote=remote, progress=lambda c=train_cfg: _train_progress(c)))
         if simulated:
-            stages.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",),
-                                cpus=resolve_workers(cfg.eval.workers), shrink=_fewer_workers))
+            evaluations.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",),
+                                     cpus=resolve_workers(cfg.eval.workers), shrink=_fewer_workers))
         else:
-            stages.append(Stage(f"eval_{policy}", OfflineEvalConfig(policy=eval_cfg.policy, dataset=cfg.dataset,
-                                                                    out=eval_cfg.out),
-                                evaluate_offline, (f"train_{policy}",), cpus=1.0))
-    return stages
+            evaluations.append(Stage(f"eval_{policy}", OfflineEvalConfig(policy=eval_cfg.policy,
+                                                                         dataset=cfg.dataset, out=eval_cfg.out),
+                                     evaluate_offline, (f"train_{policy}",), cpus=1.0))
+    return stages + evaluations
 
 
 def _fewer_workers(cfg: EvalConfig, cpus: int) -> EvalConfig:
