@@ -67,8 +67,9 @@ def test_fused_adam_step_equals_per_parameter_adam():
     learner, batches = small_iql(lr=1e-3, actor_lr=2e-3, total_steps=8)
     assert learner.optimizer.defaults["fused"]
     reference = copy.deepcopy(learner)
-    reference.optimizer = torch.optim.Adam(
-        [{"params": g["params"], "lr": g["lr"]} for g in reference.optimizer.param_groups],
+    reference.optimizer = torch.optim.Adam(  # over the separate parameters (FlatAdam steps one buffer per group)
+        [{"params": fg.params, "lr": g["lr"]}
+         for g, fg in zip(reference.optimizer.param_groups, reference.optimizer.flat_groups)],
         foreach=False, fused=False)
     reference.scheduler = torch.optim.lr_scheduler.LambdaLR(reference.optimizer, learner.scheduler.lr_lambdas)
     start = [p.clone() for p in learner.parameters()]

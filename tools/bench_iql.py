@@ -8,7 +8,9 @@ rounds in one process (the machine is shared, so the load drifts; the median rou
 - reference: IQL as usually written (CORL style): separate Q1/Q2/V/actor networks, three Adam
   optimizers and three backward passes per step, a per-parameter Python loop for the target update,
   a device-resident buffer indexed by indices drawn on the host.
-- robot_pref: `robot_pref.rl.iql.IQL` fed by `robot_pref.rl.batches.TransitionBatches`, eager;
+- robot_pref: `robot_pref.rl.iql.IQL` fed by `robot_pref.rl.batches.TransitionBatches`, eager (Adam over one
+  flat buffer per parameter group, `robot_pref.rl.flat_adam`; --per-parameter-adam adds the fused
+  torch.optim.Adam over the separate parameters it replaced);
   "compiled" with torch.compile'd losses (--compile), "graphed" with the whole update replayed as one
   CUDA graph (`Learner.graphed_update`, what `robot-pref train` runs on a GPU; --cuda-graph, on for CUDA),
   "compiled+graph" both (what `robot-pref train --compile` runs on a GPU).
@@ -142,13 +144,19 @@ class Ceiling:
 
 
 # ----------------------------------------------------------------------------- robot_pref IQL
-def ours(obs_dim, act_dim, data, device, frames=None, batch_size=256, compile=False, cuda_graph=False):
+def ours(obs_dim, act_dim, data, device, frames=None, batch_size=256, compile=False, cuda_graph=False,
+         per_parameter_adam=False):
     obs, act, rew, done, _ = data
     n = len(obs)
     keys = {"obs": (np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32))}
     frame_sizes = {"frames/cam_84": 84} if frames is not None else {}
     model = ObsModel(keys, frame_sizes).to(device)
     learner = IQL(model, act_dim, total_steps=1_000_000, compile=compile).to(device)
+    if per_parameter_adam:  # the optimizer before FlatAdam: fused torch.optim.Adam over the separate parameters
+        flat = learner.optimizer
+        learner.optimizer = torch.optim.Adam([{"params": fg.params, "lr": g["lr"]}
+                                              for g, fg in zip(flat.param_groups, flat.flat_groups)], fused=True)
+        learner.scheduler = torch.optim.lr_scheduler.LambdaLR(learner.optimizer, learner.scheduler.lr_lambdas)
     valid = np.arange(n - 1)
     read = (lambda key, idx: frames[idx % len(frames)]) if frames is not None else None
     batches = TransitionBatches({"obs": obs}, act, rew.numpy(), done.numpy(), valid, batch_size, device, 0,
@@ -228,6 +236,9 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also time robot_pref with torch.compile")
     parser.add_argument("--thread-ab", type=int, default=0, metavar="N",
                         help="also time robot_pref with N torch threads (e.g. 1 against the default 2)")
+    parser.add_argument("--per-parameter-adam", action="store_true",
+                        help="also time robot_pref with fused torch.optim.Adam over the separate parameters "
+                             "(the optimizer before FlatAdam's one buffer per group)")
     parser.add_argument("--cuda-graph", default=None, action=argparse.BooleanOptionalAction,
                         help="also time robot_pref replayed as one CUDA graph (default: on for CUDA)")
     parser.add_argument("--feature-steps", type=int, default=100,
@@ -264,6 +275,9 @@ def main():
         if args.thread_ab:
             contenders[f"robot_pref, {args.thread_ab} thread(s)"] = with_threads(
                 ours(obs_dim, act_dim, data, device)[0], args.thread_ab)
+        if args.per_parameter_adam:
+            contenders["robot_pref, per-parameter Adam"] = ours(obs_dim, act_dim, data, device,
+                                                               per_parameter_adam=True)[0]
         if args.compile:
             t = time.perf_counter()
             compiled = ours(obs_dim, act_dim, data, device, compile=True)[0]

@@ -2,7 +2,8 @@
 
 Every loss of an algorithm is computed from the same parameter snapshot and touches its own
 parameters only (targets are detached), so one backward of their sum and one fused Adam step over
-all parameter groups equals separate per-network steps, at a fraction of the per-step overhead.
+all parameter groups equals separate per-network steps, at a fraction of the per-step overhead. Each
+group's parameters live in one flat buffer (`FlatAdam`): Adam steps one tensor per group.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robot_pref.rl.flat_adam import FlatAdam
 from robot_pref.rl.networks import ImageEncoder
 
 log = logging.getLogger(__name__)
@@ -85,12 +87,12 @@ class Learner(nn.Module):
         self.obs_model = obs_model
         self.compile = compile
         self.amp = False  # bf16 autocast of the losses' forward (`TrainConfig.amp`)
-        self.optimizer: torch.optim.Optimizer
+        self.optimizer: FlatAdam
         self.scheduler: torch.optim.lr_scheduler.LambdaLR
 
     def setup_optimizer(self, groups: list[dict[str, Any]], schedules: list) -> None:
         fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-        self.optimizer = torch.optim.Adam(groups, fused=fused)
+        self.optimizer = FlatAdam(groups, fused=fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedules)
         self._losses = torch.compile(self.losses) if self.compile else self.losses
 
@@ -113,7 +115,7 @@ class Learner(nn.Module):
         device_type = next(self.parameters()).device.type
         with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=self.amp):
             loss, logs = self._losses(batch, generator)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         self.after_step()
@@ -161,7 +163,8 @@ class CudaGraphUpdate:
     (tensors, set in the graph from a step counter by the scheduler's own multipliers). Image batches
     too: their frames sit on the device and the random-shift augmentation draws from a registered
     generator (``augment``), so each replay shifts anew as the eager step does. The warm-up steps are
-    undone (parameters, Adam state and generators restored), so replays repeat the eager run.
+    undone (parameters, Adam state and generators restored), so replays repeat the eager run. Gradients
+    accumulate into the optimizer's flat buffers (`FlatAdam`): fixed addresses the graph zeroes each replay.
     The returned logs are the graph's static outputs, overwritten by each replay.
     """
 
@@ -192,7 +195,6 @@ class CudaGraphUpdate:
                 self.graph = torch.cuda.CUDAGraph()
                 for gen in generators:
                     self.graph.register_generator_state(gen)
-                opt.zero_grad(set_to_none=True)
                 with torch.cuda.graph(self.graph):
                     self.logs = learner._gradient_step(sample(), augment)
                     self.t += 1  # scheduler.step(), on the device
