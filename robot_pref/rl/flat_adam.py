@@ -52,12 +52,13 @@ class FlatGroup:
                 view = self.view(self.param.data, i)
                 view.copy_(p)
                 p.data = view
-        self.grads = [self.view(self.grad, i) for i in range(len(params))]
-        for p, g in zip(params, self.grads):
+        self.links = []  # (parameter, its gradient view, where its values live)
+        for i, p in enumerate(params):
+            g = self.view(self.grad, i)
             if p.grad is not None:  # laid out again after a move: keep what was accumulated
                 g.copy_(p.grad)
             p.grad = g
-        self.links = [(p, g, p.data_ptr()) for p, g in zip(params, self.grads)]
+            self.links.append((p, g, p.data_ptr()))
 
     def view(self, flat: torch.Tensor, i: int) -> torch.Tensor:
         """Parameter ``i``'s part of a buffer laid out like this group's (its values, gradients, Adam moments)."""
