@@ -26,10 +26,10 @@ def learner_and_batches(kind="iql", frames=False):
     cls = IQL if kind == "iql" else BC
     learner = cls(model, ACT, hidden=(32, 32), total_steps=8, **({"lr": 1e-3} if kind == "iql" else {}))
     gen = torch.Generator().manual_seed(1)
-    device_frames = {KEY: torch.randint(0, 256, (N, SIZE, SIZE, 3), dtype=torch.uint8, generator=gen)} if frames else None
+    frames_of = {KEY: torch.randint(0, 256, (N, SIZE, SIZE, 3), dtype=torch.uint8, generator=gen)} if frames else None
     batches = TransitionBatches({"obs": torch.randn(N, OBS, generator=gen)}, torch.rand(N, ACT, generator=gen) * 2 - 1,
                                 torch.rand(N, generator=gen).numpy(), np.zeros(N, np.float32), np.arange(N - 1), 16,
-                                torch.device("cpu"), 0, (KEY,) if frames else (), device_frames=device_frames)
+                                torch.device("cpu"), 0, (KEY,) if frames else (), device_frames=frames_of)
     return learner, batches
 
 

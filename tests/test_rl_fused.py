@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -12,6 +10,7 @@ from robot_pref.rl.batches import TransitionBatches
 from robot_pref.rl.iql import IQL
 from robot_pref.rl.learner import ObsModel
 from robot_pref.rl.networks import EnsembleLinear
+from test_flat_adam import per_parameter
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -66,12 +65,7 @@ def test_fused_adam_step_equals_per_parameter_adam():
     agrees to float tolerance over steps with a live lr schedule on both groups."""
     learner, batches = small_iql(lr=1e-3, actor_lr=2e-3, total_steps=8)
     assert learner.optimizer.defaults["fused"]
-    reference = copy.deepcopy(learner)
-    reference.optimizer = torch.optim.Adam(  # over the separate parameters (FlatAdam steps one buffer per group)
-        [{"params": fg.params, "lr": g["lr"]}
-         for g, fg in zip(reference.optimizer.param_groups, reference.optimizer.flat_groups)],
-        foreach=False, fused=False)
-    reference.scheduler = torch.optim.lr_scheduler.LambdaLR(reference.optimizer, learner.scheduler.lr_lambdas)
+    reference = per_parameter(learner, foreach=False, fused=False)
     start = [p.clone() for p in learner.parameters()]
     for step in range(6):
         batch = batches.sample(step)

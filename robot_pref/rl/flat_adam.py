@@ -164,7 +164,8 @@ class FlatAdam(torch.optim.Adam):
             saved = flat["state"].get(g["params"][0], {})
             ids = list(range(index, index + len(fg.params)))
             if saved:
-                state.update({pid: {k: self._split(fg, k, v, i) for k, v in saved.items()} for i, pid in enumerate(ids)})
+                state.update({pid: {k: self._split(fg, k, v, i) for k, v in saved.items()}
+                              for i, pid in enumerate(ids)})
             groups.append({**g, "params": ids})
             index += len(ids)
         return {"state": state, "param_groups": groups}
