@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -19,10 +20,11 @@ from robot_pref.hardware.safety import SafeRobot
 
 def open_robot(name: str, cameras: tuple[str, ...] = (), size: int = 84, safety: SafetyConfig | None = None,
                token: str | None = None, seed: int | None = None, timeout_s: float = 5.0,
-               watchdog: bool | None = None) -> Robot:
+               watchdog: bool | None = None, render: Mapping[str, Mapping[str, Any]] | None = None) -> Robot:
     """A robot by name, not yet connected (use ``with``). Local backends come wrapped in `SafeRobot`
     (``remote:`` is guarded by its server). The watchdog is on except for in-process sim, which only
-    moves when stepped; ``watchdog=True`` forces it (the server does)."""
+    moves when stepped; ``watchdog=True`` forces it (the server does). ``render`` (render options per
+    frame key) reaches ``sim:`` cameras only: real cameras take the pictures they take."""
     kind, _, rest = name.partition(":")
     if kind == "remote":
         host, _, port = rest.rpartition(":")
@@ -35,7 +37,7 @@ def open_robot(name: str, cameras: tuple[str, ...] = (), size: int = 84, safety:
     if kind == "sim":
         from robot_pref.hardware.sim import SimRobot
 
-        backend: Robot = SimRobot(rest or "lift", cameras, size, seed)
+        backend: Robot = SimRobot(rest or "lift", cameras, size, seed, render)
     elif kind == "fake":
         from robot_pref.hardware.fake import FakeArm
 

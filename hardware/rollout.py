@@ -89,7 +89,8 @@ def rollout(cfg: RolloutConfig, policy=None, ask=None) -> dict:
     frame_keys = tuple(k[len("frames/"):] for k in keys if k.startswith("frames/"))
     cameras = tuple(k.rsplit("_", 1)[0] for k in frame_keys)
     size = int(frame_keys[0].rsplit("_", 1)[1]) if frame_keys else 84
-    robot = open_robot(cfg.robot, cameras=cameras, size=size, safety=cfg.safety, token=cfg.token)
+    render = {k[len("frames/"):]: v for k, v in getattr(policy, "frame_render", {}).items()}
+    robot = open_robot(cfg.robot, cameras=cameras, size=size, safety=cfg.safety, token=cfg.token, render=render)
     results, stopped = [], None
     with robot:
         info = robot.info

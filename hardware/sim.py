@@ -9,6 +9,7 @@ action with the controller's output range (0.05 m, 0.5 rad per unit).
 from __future__ import annotations
 
 import time
+from typing import Any, Mapping
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -18,8 +19,14 @@ from robot_pref.hardware.interface import Observation, Robot, RobotInfo
 
 
 class SimRobot(Robot):
-    def __init__(self, task: str = "lift", cameras: tuple[str, ...] = (), size: int = 84, seed: int | None = None):
+    def __init__(self, task: str = "lift", cameras: tuple[str, ...] = (), size: int = 84, seed: int | None = None,
+                 render: Mapping[str, Mapping[str, Any]] | None = None):
+        """``render``: render options per frame key (``agentview_84``), e.g. a policy's `frame_render`, so
+        its cameras draw frames as the training frames were drawn (default options otherwise)."""
+        from robot_pref.envs import RenderOptions
+
         self.task, self.cameras, self.size, self.seed = task, tuple(cameras), int(size), seed
+        self.render = {key: RenderOptions(**options) for key, options in (render or {}).items()}
         self.env = None
 
     def connect(self) -> "SimRobot":
@@ -84,7 +91,7 @@ class SimRobot(Robot):
         if frames:
             for cam in self.cameras:
                 key = frame_key(cam, self.size)
-                obs.frames[key] = env.render(cam, self.size, self.size)
+                obs.frames[key] = env.render(cam, self.size, self.size, self.render.get(key))
                 obs.stamps[key] = time.monotonic()
         return obs
 

@@ -120,6 +120,39 @@ def test_render_is_upright_and_options_apply(lift):
         lift.render("nope", 84, 84)
 
 
+def test_mesh_detail_draws_decimated_meshes_and_leaves_the_simulator_alone(lift):
+    from robot_pref.envs.mesh_detail import decimatable_meshes, meshes_at_detail
+
+    obs, states, _ = rollout(lift, seed=3, n=8)
+    model = lift.sim.model._model
+    meshes = decimatable_meshes(model)
+    # the Panda's links, its gripper and the pedestal: visual meshes; collision meshes are never touched
+    assert len(meshes) >= 9 and all(model.geom_contype[model.geom_dataid == m].max(initial=0) == 0 for m in meshes)
+    full = int(model.mesh_facenum[meshes].sum())
+    arrays = {k: getattr(model, k).copy() for k in ("mesh_vert", "mesh_face", "mesh_facenum", "mesh_normal")}
+    with meshes_at_detail(model, 0.3) as kept:
+        assert 0.25 * full < kept < 0.35 * full
+        assert int(model.mesh_facenum[meshes].sum()) == kept
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(getattr(model, k), v)  # the model has its own meshes back
+
+    frames = {}
+    for detail in (1.0, 0.3, 0.05):
+        lift.set_state(states[-1])
+        frames[detail] = lift.render("agentview", 64, 64, RenderOptions(mesh_detail=detail)).astype(int)
+    coarse, coarser = (np.abs(frames[d] - frames[1.0]) for d in (0.3, 0.05))
+    # the same scene drawn with fewer triangles: close to the full frame, and further off with fewer
+    assert 0 < coarse.mean() < 2.0 and (coarse.max(-1) > 16).mean() < 0.03 and coarser.mean() > coarse.mean()
+    lift.set_state(states[-1])
+    np.testing.assert_array_equal(lift.render("agentview", 64, 64), frames[1.0])  # each renderer keeps its meshes
+    # physics after decimated renders: the same rollout as before them
+    again, states_again, _ = rollout(lift, seed=3, n=8)
+    np.testing.assert_array_equal(again, obs)
+    np.testing.assert_array_equal(states_again, states)
+    with pytest.raises(ValueError, match=r"mesh_detail .* in \(0, 1\]; got 0.0"):
+        RenderOptions(mesh_detail=0)
+
+
 @pytest.mark.parametrize("task, obs_dim", [("stack", 32), ("door", 23)])
 def test_other_tasks_build_step_restore_render(task, obs_dim):
     with make_env(task, seed=1) as env:

@@ -193,6 +193,7 @@ class Recording:
 
     def __init__(self, policy):
         self.policy, self.observation_keys, self.task, self.seen = policy, policy.observation_keys, policy.task, []
+        self.frame_render = policy.frame_render
 
     def act(self, obs):
         action = self.policy.act(obs)
@@ -229,6 +230,43 @@ def test_sim_rollout_feeds_the_arms_camera_frames_to_the_policy(pixel_policy, tm
     for key in ("cube_pos", "cube_quat", "gripper_to_cube_pos"):
         hidden["obs"][:, named[key]] = 0.0
     np.testing.assert_array_equal(policy.policy.act(hidden), policy.seen[0][1])
+
+
+def test_a_policy_trained_on_decimated_frames_sees_them_in_eval_and_on_the_sim_arm(lift, reward_dir, tmp_path,
+                                                                                   ray_session):
+    from robot_pref.envs import TaskEnv
+    from robot_pref.eval.rollout import observe
+    from robot_pref.hardware.config import RolloutConfig
+    from robot_pref.hardware.rollout import rollout
+    from robot_pref.render import RenderConfig, render_dataset
+
+    dataset = copy_of(lift, tmp_path)
+    for camera in CAMERAS:
+        render_dataset(RenderConfig(dataset=dataset, camera=camera, size=SIZE, actors=1, overwrite=True,
+                                    mesh_detail=0.3))
+    encoder = f"reward:{reward_dir}"
+    encode_features(EncodeConfig(dataset=dataset, cameras=KEYS, encoder=encoder, threads=1))
+    train(TrainConfig(dataset=dataset, out=str(tmp_path / "bc"), algo="bc", steps=2, batch_size=8, device="cpu",
+                      threads=1, log_every=1, save_every=2,
+                      obs={"preset": "pixels", "size": SIZE, "encoder": encoder, "features": 4}))
+    policy = load_policy(str(tmp_path / "bc" / "last.pt"), device="cpu")
+    assert {k: v["mesh_detail"] for k, v in policy.frame_render.items()} == {f"frames/{k}": 0.3 for k in KEYS}
+
+    ds = TrajectoryDataset.open(dataset)
+    seed = int(ds.episode_table()["seed"][0])
+    first = {k: ds.get(f"frames/{k}", slice(0, 1))[0] for k in KEYS}  # state 0 of episode 0, drawn decimated
+    assert any(np.abs(first[k].astype(int) - TrajectoryDataset.open(lift).get(f"frames/{k}", slice(0, 1))[0]).max()
+               > 16 for k in KEYS)  # not the full-detail frames the data was collected with
+    env = TaskEnv.from_meta(policy.env_meta)
+    seen = observe(env, env.reset(seed=seed), policy.observation_keys, policy.frame_render)  # `robot-pref eval`
+    for key in KEYS:
+        np.testing.assert_array_equal(seen[f"frames/{key}"], first[key])
+    env.close()
+    recording = Recording(policy)
+    rollout(RolloutConfig(policy="", robot="sim:lift", episodes=1, seed=seed, max_steps=1, stop_at_success=False),
+            policy=recording)
+    for key in KEYS:
+        np.testing.assert_array_equal(recording.seen[0][0][f"frames/{key}"][0], first[key])
 
 
 def test_pixel_policies_with_one_encoder_share_one_encode_stage(tmp_path):

@@ -107,6 +107,25 @@ def test_resume_after_interruption(online, ray_session, monkeypatch):
     np.testing.assert_array_equal(frames(path), online_frames)
 
 
+def test_mesh_detail_is_recorded_and_frames_of_two_details_never_mix(online, tmp_path, ray_session):
+    path, online_frames = online
+    copy = tmp_path / "lod.zarr"
+    shutil.copytree(path, copy)
+    coarse = render_dataset(cfg(copy, overwrite=True, actors=1, mesh_detail=0.3))
+    assert coarse["episodes"] == EPISODES and coarse["options"]["mesh_detail"] == 0.3
+    ds = TrajectoryDataset.open(copy)
+    assert ds.frame_render_options(KEY) == {"shadows": False, "reflections": False, "multisample": False,
+                                            "mesh_detail": 0.3}
+    drawn = frames(copy)
+    diff = np.abs(drawn.astype(int) - online_frames)
+    assert 0 < diff.mean() < 2.0 and (diff.max(-1) > 16).mean() < 0.03  # the same scenes, fewer triangles
+
+    with pytest.raises(DatasetError, match=r"rendered with .*'mesh_detail': 0.3.*--overwrite"):
+        render_dataset(cfg(copy, mesh_detail=1.0))
+    np.testing.assert_array_equal(frames(copy), drawn)  # refused before anything was written
+    assert render_dataset(cfg(copy, mesh_detail=0.3))["episodes"] == 0  # the same options: nothing left to do
+
+
 def test_bad_camera_is_a_clear_error(online, ray_session):
     path, _ = online
     with pytest.raises(ValueError, match="no camera 'agentveiw'.*agentview"):

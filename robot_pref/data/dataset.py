@@ -5,7 +5,8 @@ Layout (zarr v3 group)::
     attrs           schema_version, format, fps, env (name, task, kwargs), cameras,
                     n_episodes  <- the commit point of every append
     data/           per-step arrays learners read: obs, action, state, timestamp
-    frames/<cam>_<size>   per-step uint8 (T, H, W, 3) camera frames, sharded per frame
+    frames/<cam>_<size>   per-step uint8 (T, H, W, 3) camera frames, sharded per frame; attrs.render: the
+                    render options of frames `robot-pref render` drew (shadows, mesh_detail, ...)
     rewards/<key>   per-step learned rewards (one value per frame, written by relabel)
     features/<key>  per-step float32 (N, D) frozen-encoder features of a frames key (written by encode,
                     per episode: meta/encoded/<key> marks the episodes done; created on first write)
@@ -675,8 +676,11 @@ class TrajectoryDataset:
     def _step_arrays(self) -> dict[str, zarr.Array]:
         return {f"{g}/{k}": a for g in STEP_GROUPS for k, a in self.root[g].arrays()}
 
-    def create_frames(self, key: str, height: int, width: int) -> zarr.Array:
-        """Create (or return) the frames array for a camera/resolution, sized to the dataset."""
+    def create_frames(self, key: str, height: int, width: int, render: Mapping[str, Any] | None = None) -> zarr.Array:
+        """Create (or return) the frames array for a camera/resolution, sized to the dataset.
+
+        ``render`` (the renderer's options) is recorded on a new array and must equal what an existing
+        array recorded: one key never mixes frames drawn two ways."""
         with self._write():
             group = self.root["frames"]
             if key in group:
@@ -686,6 +690,7 @@ class TrajectoryDataset:
                         f"frames/{key} exists with frame shape {tuple(arr.shape[1:])}, not {(height, width, 3)}; "
                         "use another key or delete the array first"
                     )
+                self.check_frame_render(key, render)
                 return arr
             arr = _create(
                 group,
@@ -697,9 +702,26 @@ class TrajectoryDataset:
                 dtype="uint8",
                 fill_value=0,
             )
+            if render is not None:
+                arr.attrs["render"] = dict(render)
             _create(self.root["meta/rendered"], key, shape=(self.n_episodes,), chunks=(STEP_CHUNK,),
                     dtype="bool", fill_value=False)
             return arr
+
+    def frame_render_options(self, key: str) -> dict | None:
+        """The render options recorded for ``frames/<key>`` (None: frames collected online or imported)."""
+        recorded = self._array(f"frames/{key}").attrs.get("render")
+        return None if recorded is None else dict(recorded)
+
+    def check_frame_render(self, key: str, render: Mapping[str, Any] | None) -> None:
+        """Refuse to add frames drawn with other render options than ``frames/<key>`` recorded."""
+        recorded = self.frame_render_options(key) if key in self.frame_keys else None
+        if render is not None and recorded is not None and recorded != dict(render):
+            changed = {k: (recorded.get(k), v) for k, v in render.items() if recorded.get(k) != v}
+            raise DatasetError(
+                f"frames/{key} was rendered with {recorded}, not {dict(render)} (recorded vs requested: {changed}); "
+                "render with the same options to finish it, or pass --overwrite to re-render every episode"
+            )
 
     def rendered_episodes(self, key: str) -> np.ndarray:
         """Which episodes have their frames under ``key`` written (resumable rendering)."""

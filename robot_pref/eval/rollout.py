@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -62,15 +62,18 @@ def _frame_camera(key: str) -> tuple[str, int, int]:
     return camera, int(h), int(w or h)
 
 
-def observe(env, obs: np.ndarray, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The policy's observation dict: the env's low-dim obs and freshly rendered frames."""
+def observe(env, obs: np.ndarray, keys: tuple[str, ...], render: Mapping[str, Mapping] | None = None) -> dict[str, np.ndarray]:
+    """The policy's observation dict: the env's low-dim obs and freshly rendered frames, drawn with the
+    options ``render`` gives per frames key (the training frames' `Policy.frame_render`)."""
+    from robot_pref.envs import RenderOptions
+
     out = {}
     for key in keys:
         if key == "obs":
             out[key] = obs
         elif key.startswith("frames/"):
             camera, h, w = _frame_camera(key)
-            out[key] = env.render(camera, h, w)
+            out[key] = env.render(camera, h, w, RenderOptions(**(render or {}).get(key, {})))
         else:
             raise ValueError(f"the simulator cannot provide observation key {key!r} (only obs and frames/...)")
     return out
@@ -92,7 +95,7 @@ def run_episode(env, policy, seed: int, max_steps: int, video: tuple[str, int] |
     frames = [env.render(video[0], video[1], video[1])] if video else []
     ret, success, steps = 0.0, False, 0
     for steps in range(1, max_steps + 1):
-        action = policy.act(observe(env, obs, policy.observation_keys))
+        action = policy.act(observe(env, obs, policy.observation_keys, policy.frame_render))
         obs, reward, success, _ = env.step(action)
         ret += reward
         if video:

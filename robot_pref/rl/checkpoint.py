@@ -79,6 +79,7 @@ class Policy:
         self.observation_keys: tuple[str, ...] = tuple(dict.fromkeys(i["source"] for i in self.inputs.values()))
         self.task: str = spec["task"]
         self.env_meta: dict = dict(spec["env_meta"])
+        self.frame_render: dict[str, dict] = dict(spec.get("frame_render") or {})  # render options per frames key
         self.action_low = np.asarray(spec["action_low"], np.float32)
         self.action_high = np.asarray(spec["action_high"], np.float32)
 

@@ -141,6 +141,8 @@ def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device, resum
                                              exclude_episodes=tuple(held_out),
                                              frames_on_device=frames_on_device(cfg, ds, frame_keys, device, resumed))
     tasks = sorted(set(ds.episode_table()["task"].tolist()) - {""})
+    camera_sources = {i["source"] for i in obs_entries.get("inputs", {}).values()
+                      if i["source"].startswith("frames/")} | set(frame_keys)  # raw frames and encoded cameras
     spec = {
         "algo": cfg.algo, "reward_key": cfg.reward_key, "dataset": ds.path,
         "lowdim": {k: int(v.shape[1]) for k, v in lowdim.items()}, "frames": frame_sizes,
@@ -148,6 +150,8 @@ def prepare(cfg: TrainConfig, ds: TrajectoryDataset, device: torch.device, resum
         "feature_dim": cfg.image_feature_dim, "image_shift": cfg.image_shift,
         "action_low": low.tolist(), "action_high": high.tolist(),
         "task": ds.env_meta.get("task") or (tasks[0] if tasks else ""), "env_meta": ds.env_meta,
+        # how the training frames were drawn, so that evaluation renders its observations alike
+        "frame_render": {k: r for k in sorted(camera_sources) if (r := ds.frame_render_options(k.split("/", 1)[1]))},
         "holdout_episodes": held_out,
         **({"projected": {k: int(raw_lowdim[k].shape[1]) for k in projections}} if projections else {}),
         **obs_entries,
