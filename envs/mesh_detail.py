@@ -50,7 +50,12 @@ def _decimate(vertices: np.ndarray, faces: np.ndarray, detail: float) -> tuple[n
     """(vertices, faces, per-vertex normals) of one mesh with ~``detail`` of its triangles."""
     import fast_simplification
 
-    vertices, faces = fast_simplification.simplify(vertices.astype(np.float64), faces, target_reduction=1.0 - detail)
+    # weld first: meshes from OBJ files repeat a position once per corner that has its own normal or
+    # texture coordinate, and unwelded triangles share no edge to collapse
+    vertices, welded = np.unique(vertices.astype(np.float64), axis=0, return_inverse=True)
+    faces = welded.reshape(-1)[faces]
+    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
+    vertices, faces = fast_simplification.simplify(vertices, faces, target_reduction=1.0 - detail)
     corners = vertices[faces]
     face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # length = 2 x area
     normals = np.zeros_like(vertices)

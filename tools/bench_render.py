@@ -12,7 +12,12 @@ scaling to 2 actors needs 2 idle cores).
 Software GL (llvmpipe) runs single-threaded here, as in every render actor (LP_NUM_THREADS=1), so
 baseline and actors render alike.
 
+A second table renders the same states with 1 actor at each ``--mesh-details`` fraction of the visual
+meshes' triangles (`RenderConfig.mesh_detail`): frames/s against full detail, and how far the frames
+are from the full-detail ones (mean |difference| per channel, share of pixels off by more than 16 of 255).
+
     .venv/bin/python tools/bench_render.py [--episodes 8 --steps 50 --repeat 2 --size 84 --camera agentview]
+                                           [--mesh-details 0.5,0.3,0.1]
 """
 
 from __future__ import annotations
@@ -78,6 +83,21 @@ def raw_render(path: str, camera: str, height: int, width: int, options: dict) -
     return seconds, cpu, frames
 
 
+def drawn_triangles(path: str, detail: float) -> int:
+    """Triangles of the scene's meshes a renderer at ``detail`` draws."""
+    from robot_pref.data.dataset import TrajectoryDataset
+    from robot_pref.envs import TaskEnv
+    from robot_pref.envs.mesh_detail import meshes_at_detail
+
+    env = TaskEnv.from_meta(TrajectoryDataset.open(path).env_meta)
+    model = env.sim.model._model
+    with meshes_at_detail(model, detail):
+        total = int(model.mesh_facenum[[model.geom_dataid[g] for g in range(model.ngeom)
+                                        if model.geom_dataid[g] >= 0 and model.geom_group[g] == 1]].sum())
+    env.close()
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=8)
@@ -88,7 +108,9 @@ def main() -> None:
     parser.add_argument("--shadows", action="store_true")
     parser.add_argument("--reflections", action="store_true")
     parser.add_argument("--multisample", action="store_true")
+    parser.add_argument("--mesh-details", default="0.5,0.3,0.1", help="comma-separated mesh_detail values (< 1)")
     args = parser.parse_args()
+    details = [float(d) for d in args.mesh_details.split(",") if d]
 
     import ray
 
@@ -98,6 +120,7 @@ def main() -> None:
     options = {"shadows": args.shadows, "reflections": args.reflections, "multisample": args.multisample}
     names = ["raw mujoco.Renderer", "render, 1 actor", "render, 2 actors"]
     best: dict[str, tuple] = {}  # name -> (frames, render s, CPU s, end-to-end s) of the fastest run
+    by_detail: dict[float, tuple] = {}  # mesh_detail -> (render s of the fastest run, frames)
     same = True
     with tempfile.TemporaryDirectory() as tmp:
         path = collect(os.path.join(tmp, "lift.zarr"), args.episodes, args.steps)
@@ -116,6 +139,13 @@ def main() -> None:
             for name, n, *times in runs:
                 if name not in best or times[0] < best[name][1]:
                     best[name] = (n, *times)
+            for detail in details:
+                result = render_dataset(RenderConfig(dataset=path, camera=args.camera, size=args.size, actors=1,
+                                                     overwrite=True, mesh_detail=detail, **options))
+                if detail not in by_detail or result["render_seconds"] < by_detail[detail][0]:
+                    frames = TrajectoryDataset.open(path).get(f"frames/{result['key']}")
+                    by_detail[detail] = (result["render_seconds"], frames)
+        triangles = {d: drawn_triangles(path, d) for d in [1.0, *details]}
         ray.shutdown()
     rows = [(name, *best[name]) for name in names]
 
@@ -130,6 +160,16 @@ def main() -> None:
               f"{cpu:>7.2f}{per_cpu:>13.1f}{per_cpu / raw_per_cpu:>7.2f}{total:>13.2f}")
     print(f"frames of both render runs identical to the raw loop: {'yes' if same else 'NO'}")
     print("targets: 1 actor >= 0.90x raw, 2 actors >= 1.80x 1 actor")
+    if details:
+        print(f"\nmesh_detail, 1 actor (full detail = the '{names[1]}' row)")
+        print(f"{'mesh_detail':>11}{'triangles':>10}{'frames/s':>9}{'vs full':>8}{'mean |diff|':>12}{'px off >16':>11}")
+        n, full_seconds = rows[1][1], rows[1][2]
+        print(f"{1.0:>11.2f}{triangles[1.0]:>10}{n / full_seconds:>9.1f}{1.0:>8.2f}{0.0:>12.3f}{0.0:>10.2f}%")
+        for detail in details:
+            seconds, frames = by_detail[detail]
+            diff = np.abs(frames.astype(np.int16) - raw_frames)
+            print(f"{detail:>11.2f}{triangles[detail]:>10}{n / seconds:>9.1f}{full_seconds / seconds:>8.2f}"
+                  f"{diff.mean():>12.3f}{(diff.max(-1) > 16).mean() * 100:>10.2f}%")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ class RobomimicPolicy:
     """``act(obs)`` of a robomimic rollout policy; ``task`` / ``env_meta`` / ``observation_keys`` as ours."""
 
     observation_keys = ("obs",)
-    frame_render: dict = {}  # low-dim only: no frames to render
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu"):
         import torch

@@ -95,7 +95,7 @@ def run_episode(env, policy, seed: int, max_steps: int, video: tuple[str, int] |
     frames = [env.render(video[0], video[1], video[1])] if video else []
     ret, success, steps = 0.0, False, 0
     for steps in range(1, max_steps + 1):
-        action = policy.act(observe(env, obs, policy.observation_keys, policy.frame_render))
+        action = policy.act(observe(env, obs, policy.observation_keys, getattr(policy, "frame_render", None)))
         obs, reward, success, _ = env.step(action)
         ret += reward
         if video:
