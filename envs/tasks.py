@@ -41,28 +41,17 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 
-_RENDER_ONLY = False  # set by `render_only()`
-
-
-def render_only() -> None:
-    """Declare this process one that renders and never runs torch (a render actor): its first frame then
-    skips the torch import of `_load_torch_llvm_first`, 2-5 s of every render actor's start here."""
-    global _RENDER_ONLY
-    _RENDER_ONLY = True
-
-
-def _load_torch_llvm_first() -> None:
-    """Load torch's compiler stack (and its LLVM) before Mesa's EGL brings another LLVM.
+def _load_triton_llvm_first() -> None:
+    """Load triton's LLVM (libtriton) before Mesa's EGL brings another LLVM.
 
     In one process, creating a software-EGL renderer and *then* letting torch import triton (its
-    optimizers do, on first use) segfaults: two LLVMs collide. Loading torch's side first is safe, and
-    the pipeline, eval and rollout all render and train in one process.
+    optimizers and torch.compile do, on first use) segfaults: two LLVMs collide. Loading triton's native
+    library first is safe and takes ~0.2 s without importing torch (importing torch._dynamo for the same
+    effect took 1.5-4.6 s of every rendering process's start: render actors, evaluation workers).
     """
-    if _RENDER_ONLY:
-        return
     try:
-        import torch._dynamo  # noqa: F401
-    except ImportError:  # torch is optional for rendering alone
+        import triton._C.libtriton  # noqa: F401
+    except ImportError:  # no triton (CPU-only torch wheels, or no torch): nothing to collide with
         pass
 
 PROPRIO_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
@@ -340,7 +329,7 @@ class TaskEnv:
 
         key = (height, width, multisample, mesh_detail)
         if key not in self._renderers:
-            _load_torch_llvm_first()
+            _load_triton_llvm_first()
             model = self._env.sim.model._model
             model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
             model.vis.global_.offheight = max(model.vis.global_.offheight, height)

@@ -120,6 +120,26 @@ def test_render_is_upright_and_options_apply(lift):
         lift.render("nope", 84, 84)
 
 
+def test_a_process_that_renders_first_can_then_train_and_compile_with_torch():
+    """Mesa's EGL (llvmpipe) and triton each bring an LLVM: triton loaded after a renderer exists segfaults.
+    `TaskEnv.render` loads triton's library first (without importing torch: render actors never do)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from robot_pref.envs import make_env\n"
+        "frame = make_env('lift').render('agentview', 32, 32)\n"
+        "assert 'torch' not in sys.modules\n"
+        "import torch, torch._dynamo\n"
+        "net = torch.nn.Linear(3, 1); opt = torch.optim.Adam(net.parameters())\n"
+        "net(torch.ones(2, 3)).sum().backward(); opt.step()\n"
+        "print(int(frame.mean()))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"rc {done.returncode}: {done.stderr[-2000:]}"
+    assert int(done.stdout.split()[-1]) > 20  # a real frame, not a black one
+
+
 def test_mesh_detail_draws_decimated_meshes_and_leaves_the_simulator_alone(lift):
     from robot_pref.envs.mesh_detail import decimatable_meshes, meshes_at_detail
 

@@ -8,7 +8,6 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
-import torch._dynamo  # noqa: F401  triton's LLVM must load before mesa's (EGL): the reverse order segfaults
 from scipy.stats import binomtest
 
 from robot_pref.eval import EvalConfig, evaluate, run_episode, wilson_interval

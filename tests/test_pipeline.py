@@ -201,10 +201,8 @@ def _schedule(tmp_path, stages, budget):
     return {s.name: json.loads((tmp_path / "stages" / f"{s.name}.json").read_text()) for s in stages}
 
 
-@pytest.mark.parametrize("budget", [2.0, 0.0], ids=["parallel", "sequential"])
-def test_independent_remote_stages_run_at_once_within_the_budget(tmp_path, ray_session, budget):
-    from robot_pref.pipeline.run import Stage
-
+@pytest.fixture
+def rendezvous():
     def _rendezvous(flags: Path, me: str, other: str, wait: float) -> dict:  # nested: Ray ships it by value
         """Mark ``me`` started, then wait up to ``wait`` s for ``other``: met only if both ran at once."""
         import time
@@ -216,14 +214,38 @@ def test_independent_remote_stages_run_at_once_within_the_budget(tmp_path, ray_s
                 return {"met": True}
             time.sleep(0.05)
         return {"met": False}
+    return _rendezvous
+
+
+@pytest.mark.parametrize("budget", [2.0, 0.0], ids=["parallel", "sequential"])
+def test_independent_remote_stages_run_at_once_within_the_budget(tmp_path, ray_session, rendezvous, budget):
+    from robot_pref.pipeline.run import Stage
 
     flags = tmp_path / "flags"
     flags.mkdir()
     wait = 60.0 if budget else 2.0
-    stages = [Stage(name, {"name": name}, lambda c, me=name, other=other: _rendezvous(flags, me, other, wait),
+    stages = [Stage(name, {"name": name}, lambda c, me=name, other=other: rendezvous(flags, me, other, wait),
                     cpus=1.0, remote=True) for name, other in (("a", "b"), ("b", "a"))]
     done = _schedule(tmp_path, stages, budget)
     assert [done[n]["result"]["met"] for n in "ab"] == ([True, True] if budget else [False, True])
+
+
+@pytest.mark.parametrize("on_ray", [True, False])
+def test_evaluations_given_one_cpu_each_run_side_by_side_as_ray_tasks(tmp_path, ray_session, rendezvous, on_ray):
+    """Two one-worker evaluations: in this process they go one at a time and a core idles (the quickstart's
+    tail); as Ray tasks of their own they run at once. Given two CPUs, one still drives its actors from here."""
+    from robot_pref.pipeline.run import Stage
+
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    wait = 60.0 if on_ray else 2.0
+    stages = [Stage(name, {"name": name}, lambda c, me=name, other=other: rendezvous(flags, me, other, wait),
+                    cpus=1.0, task_on_one_cpu=on_ray, task_gpus=0.0) for name, other in (("a", "b"), ("b", "a"))]
+    done = _schedule(tmp_path, stages, 2.0)
+    assert [done[n]["result"]["met"] for n in "ab"] == ([True, True] if on_ray else [False, True])
+    assert [done[n]["remote"] for n in "ab"] == [on_ray, on_ray]
+    wide = Stage("c", {}, lambda c: {}, cpus=2.0, task_on_one_cpu=on_ray)
+    assert _schedule(tmp_path / "wide", [wide], 2.0)["c"]["remote"] is False
 
 
 def test_a_later_ready_stage_never_overtakes_an_earlier_one(tmp_path, ray_session):

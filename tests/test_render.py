@@ -60,8 +60,8 @@ def test_replay_equals_online_and_two_actors_equal_one(online, ray_session):
 
 
 def test_a_render_actor_renders_the_online_frames_without_loading_torch(online):
-    """The actor's process never trains, so its first frame skips the torch import that guards training
-    processes against the EGL/LLVM clash (seconds of every actor's start); the pixels stay the same."""
+    """The actor's process never trains: the EGL/LLVM guard before its first frame loads triton's library
+    only, not torch (seconds of every actor's start); the pixels are the online ones."""
     import json
     import subprocess
     import sys

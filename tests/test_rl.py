@@ -274,6 +274,22 @@ def test_missing_reward_and_nan_rewards_are_clear_errors(tmp_path):
         train(TrainConfig(dataset=str(tmp_path / "d.zarr"), out=str(tmp_path / "c"), steps=2, reward_key="half"))
 
 
+def test_log_and_save_every_zero_mean_at_the_end_only_and_negative_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    ep = {"obs": rng.normal(size=(6, 2)).astype(np.float32), "action": np.zeros((6, 1), np.float32),
+          "reward": np.zeros(6, np.float32)}
+    write_dataset(tmp_path / "d.zarr", [ep])
+    common = dict(dataset=str(tmp_path / "d.zarr"), reward_key="true", steps=7, batch_size=4, hidden=(8, 8),
+                  device="cpu")
+    info = train(TrainConfig(out=str(tmp_path / "a"), log_every=0, save_every=0, **common))
+    rows = (tmp_path / "a" / "log.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("7,")  # the header and the last step
+    assert info["steps"] == 7 and load_checkpoint(tmp_path / "a" / "last.pt")["step"] == 7
+    with pytest.raises(ValueError, match="must be >= 0"):
+        train(TrainConfig(out=str(tmp_path / "b"), save_every=-1, **common))
+    assert not (tmp_path / "b" / "last.pt").exists()
+
+
 # ----------------------------------------------------------------------------- learning
 def point_mass_dataset(path, rng, n_expert=15, n_random=60, horizon=12):
     """2-D point mass, s' = clip(s + 0.15 a), r(s) = -|s|; experts head to the origin, the rest is random."""

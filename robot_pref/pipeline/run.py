@@ -157,6 +157,13 @@ class Stage:
     # the config run on fewer cores (an evaluation with fewer workers: same episodes, same results), so the
     # stage starts on the cores left beside a training instead of waiting for all it asks for
     shrink: Callable[[Any, int], Any] | None = None
+    # given one CPU, run as a Ray task of its own rather than in this process (an evaluation on one worker):
+    # several then run side by side, where in-process stages go one at a time and a core would sit idle
+    task_on_one_cpu: bool = False
+    task_gpus: float | None = None  # GPUs of its Ray task; None = the run's `gpus` (trainings)
+
+    def runs_remote(self, cpus: float) -> bool:
+        return self.remote or (self.task_on_one_cpu and cpus == 1)
 
     def config_for(self, fresh: bool, cpus: float | None = None) -> Any:
         config = self.config
@@ -244,7 +251,8 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
                             remote=remote, progress=lambda c=train_cfg: _train_progress(c)))
         if simulated:
             evaluations.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",),
-                                     cpus=resolve_workers(cfg.eval.workers), shrink=_fewer_workers))
+                                     cpus=resolve_workers(cfg.eval.workers), shrink=_fewer_workers,
+                                     task_on_one_cpu=remote, task_gpus=float(cfg.eval.device.startswith("cuda"))))
         else:
             evaluations.append(Stage(f"eval_{policy}", OfflineEvalConfig(policy=eval_cfg.policy,
                                                                          dataset=cfg.dataset, out=eval_cfg.out),
@@ -277,18 +285,21 @@ def _train_progress(cfg: TrainConfig) -> str:
     return f"{step}/{cfg.steps} steps"
 
 
-def _run_stage(stage: Stage, fresh: bool, gpus: float, cpus: float | None = None) -> tuple[dict, float]:
+def _run_stage(stage: Stage, fresh: bool, gpus: float, cpus: float | None = None,
+               remote: bool | None = None) -> tuple[dict, float]:
     """(result, CPU seconds of the process that ran it) — a Ray task holding ``cpus`` CPUs (the cores the
     scheduler gave it; without a budget ``stage.cpus``, at most the cluster's), as many torch threads, and
-    ``gpus`` GPUs for a remote stage (Ray hides GPUs from tasks that ask for none), else this process."""
+    ``gpus`` GPUs (or the stage's `task_gpus`) for a remote stage (Ray hides GPUs from tasks that ask for
+    none), else this process. ``remote`` (default: ``stage.remote``) is where the scheduler placed it."""
     config = stage.config_for(fresh, cpus)
-    if not stage.remote:
+    if not (stage.remote if remote is None else remote):
         return _timed_call(stage.fn, config, 0)
     import ray
 
     # never more than the cluster has (a task asking for more would wait forever); threads = CPUs held
     given = min(stage.cpus, _cpu_budget()) if cpus is None else cpus
-    task = ray.remote(num_cpus=given, num_gpus=gpus, max_retries=0)(_timed_call)
+    num_gpus = gpus if stage.task_gpus is None else stage.task_gpus
+    task = ray.remote(num_cpus=given, num_gpus=num_gpus, max_retries=0)(_timed_call)
     ref = task.remote(stage.fn, config, given)
     _IN_FLIGHT[stage.name] = ref
     try:
@@ -422,13 +433,13 @@ def _execute(plan: list[tuple[Stage, bool, str]], budget: float, all_names: list
     planned = {stage.name for stage, _, _ in plan}
     needed = {n for stage, _, _ in plan for n in stage.needs}
     waiting, finished = list(plan), set()
-    running: dict[str, tuple[Stage, float, float]] = {}  # name -> (stage, start time, CPUs given)
+    running: dict[str, tuple[Stage, float, float, bool]] = {}  # name -> (stage, start, CPUs given, remote)
     events: queue.Queue = queue.Queue()
     used, last_status = 0.0, time.perf_counter()
 
-    def work(stage: Stage, fresh: bool, cpus: float) -> None:
+    def work(stage: Stage, fresh: bool, cpus: float | None, remote: bool) -> None:
         try:
-            events.put((stage.name, _run_stage(stage, fresh, gpus, cpus), None))
+            events.put((stage.name, _run_stage(stage, fresh, gpus, cpus, remote), None))
         except BaseException as err:  # noqa: BLE001  (re-raised in the main thread)
             events.put((stage.name, None, err))
 
@@ -449,15 +460,16 @@ def _execute(plan: list[tuple[Stage, bool, str]], budget: float, all_names: list
                 cost, free = min(stage.cpus, budget), budget - used - reserved
                 if stage.shrink is not None and 1 <= free < cost:
                     cost = float(int(free))
-                local_busy = any(not s.remote for s, _, _ in running.values())
-                if running and (not budget or cost > free or (not stage.remote and (local_busy or local_reserved))):
+                remote = stage.runs_remote(cost) if budget else stage.remote
+                local_busy = any(not r for _, _, _, r in running.values())
+                if running and (not budget or cost > free or (not remote and (local_busy or local_reserved))):
                     break  # no overtaking: later stages wait for this one
                 waiting.remove(item)
-                running[stage.name] = (stage, time.perf_counter(), cost)
+                running[stage.name] = (stage, time.perf_counter(), cost, remote)
                 used += cost
                 given = f" on {cost:.0f} of {stage.cpus:.0f} CPUs" if budget and cost < min(stage.cpus, budget) else ""
                 print(f"{head[stage.name]} running{given} ...", flush=True)
-                threading.Thread(target=work, args=(stage, fresh, cost if budget else None), daemon=True,
+                threading.Thread(target=work, args=(stage, fresh, cost if budget else None, remote), daemon=True,
                                  name=stage.name).start()
             try:
                 name, outcome, err = events.get(timeout=5.0)
@@ -466,9 +478,9 @@ def _execute(plan: list[tuple[Stage, bool, str]], budget: float, all_names: list
                     last_status = time.perf_counter()
                     print("    running: " + ", ".join(
                         f"{n} {time.perf_counter() - t:.0f}s" + (f" ({s.progress()})" if s.progress else "")
-                        for n, (s, t, _) in running.items()), flush=True)
+                        for n, (s, t, _, _) in running.items()), flush=True)
                 continue
-            stage, start, cost = running.pop(name)
+            stage, start, cost, remote = running.pop(name)
             used -= cost
             if err is not None:
                 raise err
@@ -477,7 +489,7 @@ def _execute(plan: list[tuple[Stage, bool, str]], budget: float, all_names: list
             fingerprint = next(f for s, _, f in plan if s.name == name)
             _write_json(run_dir / "stages" / f"{name}.json", {
                 "stage": name, "fingerprint": fingerprint, "seconds": seconds, "cpu_s": round(cpu_s, 2),
-                "remote": stage.remote, "started_unix": time.time() - seconds,
+                "remote": remote, "started_unix": time.time() - seconds,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "result": result})
             finished.add(name)
             print(f"{head[name]} done in {seconds:.1f}s", flush=True)

@@ -16,8 +16,7 @@ import numpy as np
 class EpisodeRenderer:
     """One TaskEnv and one offscreen renderer; renders episodes from their saved MuJoCo states.
 
-    Meant as a Ray actor: `setup` declares its process render-only (`robot_pref.envs.tasks.render_only`), so
-    do not set it up in a process that later trains."""
+    Meant as a Ray actor (one per CPU); its process never loads torch."""
 
     def __init__(self, env_meta: Mapping[str, Any], camera: str, height: int, width: int,
                  options: Mapping[str, bool] | None = None):
@@ -36,9 +35,6 @@ class EpisodeRenderer:
         # every actor and K actors would fight over the same cores; GPU GL ignores this variable
         os.environ.setdefault("LP_NUM_THREADS", "1")
         from robot_pref.envs import TaskEnv, RenderOptions
-        from robot_pref.envs.tasks import render_only
-
-        render_only()  # an actor process renders and nothing else: no torch to load before EGL
         self.env = TaskEnv.from_meta(self.env_meta)
         # robosuite hides its visualisation sites (the gripper's grip-site line) only in reset(); online
         # frames were all rendered after a reset, so without one the replayed frames differ in those pixels

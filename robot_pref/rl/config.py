@@ -65,8 +65,8 @@ class TrainConfig:
     holdout: float = field(default=0.0, metadata={
         "help": "fraction of episodes left out of training (the same ones for every policy and seed), for "
                 "offline evaluation on data without a simulator"})
-    log_every: int = 1000
-    save_every: int = 10_000
+    log_every: int = field(default=1000, metadata={"help": "log.csv row every N steps (0 = at the end only)"})
+    save_every: int = field(default=10_000, metadata={"help": "last.pt every N steps (0 = at the end only)"})
     eval_every: int = field(default=0, metadata={"help": "evaluation rollouts every N steps (0 = off)"})
     eval_episodes: int = 10
     eval_workers: int = 1

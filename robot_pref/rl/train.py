@@ -346,6 +346,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ValueError("no dataset: pass --dataset PATH.zarr")
     if cfg.steps <= 0 or cfg.batch_size <= 0:
         raise ValueError(f"--steps and --batch-size must be positive (got {cfg.steps}, {cfg.batch_size})")
+    if min(cfg.log_every, cfg.save_every, cfg.eval_every) < 0:
+        raise ValueError(f"--log-every, --save-every and --eval-every must be >= 0 (0 = at the end only; eval: off), "
+                         f"got {cfg.log_every}, {cfg.save_every}, {cfg.eval_every}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -389,7 +392,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             logs = update(step)
             step += 1
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if step == cfg.steps or (cfg.log_every and step % cfg.log_every == 0):
                 now = time.perf_counter()
                 row = {"step": step, "wall_s": round(wall + now - t0, 3),
                        "updates_per_s": round((step - step_log) / (now - t_log), 2),
@@ -400,7 +403,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 tracker.scalars(_tracked(row, logs, learner), step)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k.endswith("loss")})
             evaluate_now = cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.steps)
-            if step % cfg.save_every == 0 or step == cfg.steps or evaluate_now:
+            if step == cfg.steps or evaluate_now or (cfg.save_every and step % cfg.save_every == 0):
                 save(last)
             if evaluate_now:
                 result = _evaluate(cfg, last, step, videos=int(tracker.records_videos))
