@@ -285,14 +285,13 @@ def _train_progress(cfg: TrainConfig) -> str:
     return f"{step}/{cfg.steps} steps"
 
 
-def _run_stage(stage: Stage, fresh: bool, gpus: float, cpus: float | None = None,
-               remote: bool | None = None) -> tuple[dict, float]:
+def _run_stage(stage: Stage, fresh: bool, gpus: float, cpus: float | None, remote: bool) -> tuple[dict, float]:
     """(result, CPU seconds of the process that ran it) — a Ray task holding ``cpus`` CPUs (the cores the
     scheduler gave it; without a budget ``stage.cpus``, at most the cluster's), as many torch threads, and
     ``gpus`` GPUs (or the stage's `task_gpus`) for a remote stage (Ray hides GPUs from tasks that ask for
-    none), else this process. ``remote`` (default: ``stage.remote``) is where the scheduler placed it."""
+    none) when the scheduler placed it ``remote``, else this process."""
     config = stage.config_for(fresh, cpus)
-    if not (stage.remote if remote is None else remote):
+    if not remote:
         return _timed_call(stage.fn, config, 0)
     import ray
 
