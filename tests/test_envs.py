@@ -120,7 +120,7 @@ def test_render_is_upright_and_options_apply(lift):
         lift.render("nope", 84, 84)
 
 
-def test_a_process_that_renders_first_can_then_train_and_compile_with_torch():
+def test_a_process_that_renders_first_can_then_load_triton_and_train_with_torch():
     """Mesa's EGL (llvmpipe) and triton each bring an LLVM: triton loaded after a renderer exists segfaults.
     `TaskEnv.render` loads triton's library first (without importing torch: render actors never do)."""
     import subprocess

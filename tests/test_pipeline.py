@@ -334,6 +334,8 @@ def test_the_fit_asks_for_two_cpus_and_evaluations_come_after_every_training(tmp
                                                  "train_bc", "eval_iql-learned", "eval_iql-true", "eval_bc"]
     cpus = {s.name: s.cpus for s in stages}
     assert cpus["fit_reward"] == 2.0 and {cpus[f"train_{p}"] for p in cfg.policies} == {1.0}
+    evals = [s for s in stages if s.name.startswith("eval_")]  # on one core: Ray tasks, side by side; CPU only
+    assert all(s.task_on_one_cpu and s.task_gpus == 0.0 and not s.remote for s in evals)
 
 
 def test_an_evaluation_starts_on_the_cores_left_beside_a_training(tmp_path, ray_session):
