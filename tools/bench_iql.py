@@ -10,7 +10,9 @@ rounds in one process (the machine is shared, so the load drifts; the median rou
   a device-resident buffer indexed by indices drawn on the host.
 - robot_pref: `robot_pref.rl.iql.IQL` fed by `robot_pref.rl.batches.TransitionBatches`, eager (Adam over one
   flat buffer per parameter group, `robot_pref.rl.flat_adam`; --per-parameter-adam adds the fused
-  torch.optim.Adam over the separate parameters it replaced);
+  torch.optim.Adam over the separate parameters it replaced); on CPU its gradients come from the
+  hand-written backward (`robot_pref.rl.hand_backward`, as `robot-pref train` runs there) and the row
+  "autograd backward" times the same update through autograd;
   "compiled" with torch.compile'd losses (--compile), "graphed" with the whole update replayed as one
   CUDA graph (`Learner.graphed_update`, what `robot-pref train` runs on a GPU; --cuda-graph, on for CUDA),
   "compiled+graph" both (what `robot-pref train --compile` runs on a GPU).
@@ -145,13 +147,14 @@ class Ceiling:
 
 # ----------------------------------------------------------------------------- robot_pref IQL
 def ours(obs_dim, act_dim, data, device, frames=None, batch_size=256, compile=False, cuda_graph=False,
-         per_parameter_adam=False):
+         per_parameter_adam=False, gradients="auto"):
     obs, act, rew, done, _ = data
     n = len(obs)
     keys = {"obs": (np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32))}
     frame_sizes = {"frames/cam_84": 84} if frames is not None else {}
     model = ObsModel(keys, frame_sizes).to(device)
     learner = IQL(model, act_dim, total_steps=1_000_000, compile=compile).to(device)
+    learner.choose_gradients("autograd" if per_parameter_adam else gradients)  # what `robot-pref train` picks
     if per_parameter_adam:  # the optimizer before FlatAdam: fused torch.optim.Adam over the separate parameters
         flat = learner.optimizer
         learner.optimizer = torch.optim.Adam([{"params": fg.params, "lr": g["lr"]}
@@ -183,6 +186,7 @@ def ours_features(proprio_dim, cameras, components, encoder_dim, act_dim, n, dev
     projections = {k: np.eye(encoder_dim, components, dtype=np.float32) for k in keys if k != "proprio"}
     model = ObsModel(keys, {}, projections=projections).to(device)
     learner = IQL(model, act_dim, total_steps=1_000_000).to(device)
+    learner.choose_gradients("auto")
     lowdim = {k: torch.randn(n, len(std), generator=gen) for k, (_, std) in keys.items()}
     act = torch.rand(n, act_dim, generator=gen) * 2 - 1
     rew, done = torch.rand(n, generator=gen).numpy(), (torch.rand(n, generator=gen) < 0.001).float().numpy()
@@ -272,6 +276,8 @@ def main():
                       "robot_pref": ours(obs_dim, act_dim, data, device)[0],
                       "matmul ceiling": ceiling.update,
                       "matmul ceiling, hot cache": Ceiling(ceiling_gemms(obs_dim, act_dim), device, hot=True).update}
+        if device.type == "cpu":  # what the hand-written backward replaced, in the same rounds
+            contenders["robot_pref, autograd backward"] = ours(obs_dim, act_dim, data, device, gradients="autograd")[0]
         if args.thread_ab:
             contenders[f"robot_pref, {args.thread_ab} thread(s)"] = with_threads(
                 ours(obs_dim, act_dim, data, device)[0], args.thread_ab)

@@ -6,6 +6,7 @@ only the advantage weights of IQL's actor loss are replaced by 1.
 
 from __future__ import annotations
 
+from robot_pref.rl import hand_backward
 from robot_pref.rl.learner import Learner, ObsModel, cosine
 from robot_pref.rl.networks import Actor
 
@@ -22,3 +23,10 @@ class BC(Learner):
         s = self.obs_model(batch["obs"], generator)
         loss = self.actor.nll(s, batch["action"]).mean()
         return loss, {"actor_loss": loss.detach()}
+
+    def hand_gradients(self, batch):
+        """`losses`' gradients without autograd (`hand_backward`): L = sum_b nll_b / B."""
+        act = batch["action"]
+        nll = hand_backward.actor_backward(self.actor, self.obs_model(batch["obs"]), act,
+                                           act.new_full((len(act),), 1.0 / len(act)))
+        return {"actor_loss": nll.mean()}

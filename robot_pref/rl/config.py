@@ -52,6 +52,10 @@ class TrainConfig:
     cuda_graph: bool = field(default=True, metadata={
         "help": "on CUDA, replay the whole update as one CUDA graph (image observations too when their frames "
                 "are on the GPU: --frames-on-device; eager on CPU)"})
+    gradients: Literal["auto", "hand", "autograd"] = field(default="auto", metadata={
+        "help": "auto: on CPU with low-dim observations the losses' gradients come from a hand-written backward "
+                "(robot_pref.rl.hand_backward: autograd's values to float rounding, fewer ops), else from "
+                "autograd; hand (refused where it cannot apply) or autograd pin one"})
     amp: Literal["none", "bf16"] = field(default="none", metadata={
         "help": "bf16: the losses' forward under bf16 autocast (backward and Adam stay fp32): the conv encoder "
                 "of end-to-end image IQL runs on the GPU's tensor cores; none = fp32, bit-exact"})

@@ -101,8 +101,9 @@ class FlatAdam(torch.optim.Adam):
         self.flat_groups.append(group)
         super().add_param_group({**param_group, "params": [group.param]})
 
-    def _link(self) -> None:
-        """Make the layout hold before a zero_grad or step: one pass of identity checks when nothing changed."""
+    def link(self) -> None:
+        """Make the layout hold before a zero_grad, a step, or gradients written into the ``.grad`` views
+        directly (`hand_backward`): one pass of identity checks when nothing changed."""
         if not all(group.intact() for group in self.flat_groups):
             self._relayout()
             for group in self.flat_groups:
@@ -123,13 +124,13 @@ class FlatAdam(torch.optim.Adam):
             self.flat_groups[i] = new
 
     def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: ARG002 - the views are the buffer
-        self._link()
+        self.link()
         for group in self.flat_groups:
             group.grad.zero_()
 
     @torch.no_grad()
     def step(self, closure=None):
-        self._link()
+        self.link()
         if closure is not None or not self._plain_fused():
             return super().step(closure)
         # what Adam.step runs for a fused group (`torch.optim.adam._fused_adam`), without its ~0.1 ms of

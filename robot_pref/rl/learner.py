@@ -87,6 +87,7 @@ class Learner(nn.Module):
         self.obs_model = obs_model
         self.compile = compile
         self.amp = False  # bf16 autocast of the losses' forward (`TrainConfig.amp`)
+        self.hand_backward = False  # gradients from `hand_gradients` instead of autograd (`choose_gradients`)
         self.optimizer: FlatAdam
         self.scheduler: torch.optim.lr_scheduler.LambdaLR
 
@@ -98,6 +99,33 @@ class Learner(nn.Module):
 
     def losses(self, batch: dict, generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def hand_gradients(self, batch: dict) -> dict[str, torch.Tensor]:
+        """`losses`' gradients written into every parameter's ``.grad`` under no_grad (`rl.hand_backward`);
+        returns what `losses` logs."""
+        raise NotImplementedError
+
+    def hand_backward_blocker(self) -> str | None:
+        """Why `hand_gradients` cannot replace autograd for this learner, or None when it can."""
+        if type(self).hand_gradients is Learner.hand_gradients:
+            return f"{type(self).__name__} has no hand-written gradients"
+        if any(True for _ in self.obs_model.parameters()):
+            return "the observation model has trained parameters (an image encoder): its backward is autograd's"
+        if self.amp or self.compile:
+            return "bf16 autocast and torch.compile run through autograd"
+        if next(self.parameters()).device.type != "cpu":
+            return "the hand-written backward is for CPU (a GPU replays the autograd update as one CUDA graph)"
+        return None
+
+    def choose_gradients(self, mode: str) -> None:
+        """``auto``: hand-written where `hand_backward_blocker` finds nothing against it, else autograd;
+        ``hand`` (refused where it cannot apply) or ``autograd``. Call after moving the learner to its device."""
+        if mode not in ("auto", "hand", "autograd"):
+            raise ValueError(f"--gradients must be auto, hand or autograd, got {mode!r}")
+        blocker = self.hand_backward_blocker()
+        if mode == "hand" and blocker:
+            raise ValueError(f"--gradients hand cannot apply: {blocker}; use --gradients auto or autograd")
+        self.hand_backward = mode == "hand" or (mode == "auto" and blocker is None)
 
     def after_step(self) -> None:
         """Hook after the optimizer step (IQL: target networks)."""
@@ -112,11 +140,16 @@ class Learner(nn.Module):
     def _gradient_step(self, batch: dict, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         # autocast covers the forward only: gradients come back to the fp32 parameters as fp32, and Adam
         # updates fp32 weights (no loss scaling: bf16 has fp32's exponent range)
-        device_type = next(self.parameters()).device.type
-        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=self.amp):
-            loss, logs = self._losses(batch, generator)
-        self.optimizer.zero_grad()
-        loss.backward()
+        if self.hand_backward:  # every .grad is written, none accumulated: no zero_grad
+            self.optimizer.link()
+            with torch.no_grad():
+                logs = self.hand_gradients(batch)
+        else:
+            device_type = next(self.parameters()).device.type
+            with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=self.amp):
+                loss, logs = self._losses(batch, generator)
+            self.optimizer.zero_grad()
+            loss.backward()
         self.optimizer.step()
         self.after_step()
         return logs

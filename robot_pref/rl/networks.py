@@ -79,6 +79,8 @@ class Actor(nn.Module):
     ``deterministic``: a = tanh(f(s)); the AWR loss is the weighted squared error.
     """
 
+    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], kind: str = "gaussian"):
         super().__init__()
         if kind not in ("gaussian", "deterministic"):
@@ -93,10 +95,13 @@ class Actor(nn.Module):
 
     def nll(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """Per-sample negative log-likelihood (gaussian) or squared error (deterministic) of ``act``."""
-        mean = self(obs)
+        return self.nll_of_mean(self(obs), act)
+
+    def nll_of_mean(self, mean: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """`nll` given the policy's mean action (`forward`'s output) at the observations."""
         if self.log_std is None:
             return ((mean - act) ** 2).sum(-1)
-        log_std = self.log_std.clamp(-5.0, 2.0)
+        log_std = self.log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
         z = (act - mean) / torch.exp(log_std)
         return torch.addcmul(log_std + 0.5 * math.log(2 * math.pi), z, z, value=0.5).sum(-1)  # 0.5 z^2 + log sd + c
 

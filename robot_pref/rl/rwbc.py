@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from scipy.signal import lfilter
 
+from robot_pref.rl import hand_backward
 from robot_pref.rl.learner import Learner, ObsModel, cosine
 from robot_pref.rl.networks import Actor, ValueNet
 
@@ -63,3 +64,15 @@ class RWBC(Learner):
         actor_loss = (weight * self.actor.nll(s.detach(), batch["action"])).mean()
         logs = {"v_loss": v_loss.detach(), "actor_loss": actor_loss.detach(), "weight_mean": weight}
         return v_loss + actor_loss, logs
+
+    def hand_gradients(self, batch):
+        """`losses`' gradients without autograd (`hand_backward`): dL_V/dV(s)_b = 2 (V(s)_b - z_b) / B, and
+        L_pi = sum_b [min(exp(beta (z_b - V(s)_b)), w_max) / B] * nll_b."""
+        s, g, n = self.obs_model(batch["obs"]), batch["reward"], len(batch["reward"])
+        v_acts = hand_backward.forward(self.v.net, s)
+        v = v_acts[-1].squeeze(-1)
+        v_loss = F.mse_loss(v, g)
+        hand_backward.backward(self.v.net, v_acts, (v - g).mul_(2.0 / n).unsqueeze(-1))
+        weight = rwbc_weights(g, v, self.beta, self.max_weight)
+        actor_loss = (weight * hand_backward.actor_backward(self.actor, s, batch["action"], weight / n)).mean()
+        return {"v_loss": v_loss, "actor_loss": actor_loss, "weight_mean": weight}

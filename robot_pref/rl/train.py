@@ -35,10 +35,11 @@ from robot_pref.tracking import open_tracker
 log = logging.getLogger(__name__)
 
 
-# fields that may change between a run and its resumption without changing the result (frames_on_device: the
-# sampler state refuses a resume that moves the frames, as that changes the batches)
+# fields that may change between a run and its resumption without changing the result (compile, cuda_graph and
+# gradients: to float rounding; frames_on_device: the sampler state refuses a resume that moves the frames, as
+# that changes the batches)
 RESUMABLE_CHANGES = {"out", "log_every", "save_every", "eval_every", "eval_episodes", "eval_workers", "overwrite",
-                     "threads", "compile", "cuda_graph", "log", "frames_on_device"}
+                     "threads", "compile", "cuda_graph", "gradients", "log", "frames_on_device"}
 
 
 def _frame_size(ds: TrajectoryDataset, key: str) -> int:
@@ -362,6 +363,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     resumed = ckpt["sampler"].get("frames_on_device", False) if ckpt else None  # older checkpoints streamed them
     spec, obs_model, batches = prepare(cfg, ds, device, resumed)
     learner = make_learner(cfg, obs_model, len(spec["action_low"])).to(device)
+    learner.choose_gradients(cfg.gradients)
 
     step, wall, best, evals = 0, 0.0, None, []
     if ckpt is not None:
@@ -434,7 +436,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     wall_s = wall + time.perf_counter() - t0
     info = {"algo": cfg.algo, "reward_key": cfg.reward_key, "dataset": cfg.dataset, "steps": step,
             "wall_s": round(wall_s, 2), "device": str(device), "transitions": batches.n_transitions,
-            "frames_on_device": batches.frames_on_device,
+            "frames_on_device": batches.frames_on_device, "gradients": "hand" if learner.hand_backward else "autograd",
             "last_losses": {k: float(v.mean()) for k, v in logs.items()},
             "evals": evals, "best": best, "checkpoint": str(last)}
     (out / "train_info.json").write_text(json.dumps(info, indent=2))
