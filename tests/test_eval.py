@@ -11,6 +11,7 @@ import torch
 from scipy.stats import binomtest
 
 from robot_pref.eval import EvalConfig, evaluate, run_episode, wilson_interval
+from robot_pref.eval.rollout import episodes_done
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -88,6 +89,31 @@ def test_evaluate_on_ray_writes_eval_info_and_video_and_matches_in_process(lift_
     assert "video" not in rows[1]
     local = evaluate(EvalConfig(workers=1, out=str(tmp_path / "local"), **cfg))
     assert [r["return"] for r in local["per_episode"]] == pytest.approx([r["return"] for r in info["per_episode"]])
+    for run in ("ray", "local"):  # every episode's row was logged as it ended (in the order they ended)
+        logged = [json.loads(line) for line in (tmp_path / run / "episodes.jsonl").read_text().splitlines()]
+        saved = json.loads((tmp_path / run / "eval_info.json").read_text())["per_episode"]
+        assert sorted(logged, key=lambda r: r["episode"]) == [{k: v for k, v in r.items() if k != "video"} for r in saved]
+        assert episodes_done(tmp_path / run) == 2
+
+
+def test_an_evaluation_that_fails_midway_keeps_the_episodes_it_finished(lift_policy, tmp_path, monkeypatch):
+    from robot_pref.eval import rollout
+
+    run, calls = rollout._Worker.run, []
+
+    def fails_on_the_third(self, *args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise RuntimeError("simulator died")
+        return run(self, *args)
+
+    monkeypatch.setattr(rollout._Worker, "run", fails_on_the_third)
+    with pytest.raises(RuntimeError, match="simulator died"):
+        evaluate(EvalConfig(policy=lift_policy, workers=1, episodes=5, max_steps=4, videos=0, seed=3,
+                            out=str(tmp_path / "eval")))
+    logged = [json.loads(line) for line in (tmp_path / "eval" / "episodes.jsonl").read_text().splitlines()]
+    assert [(r["episode"], r["seed"], r["steps"]) for r in logged] == [(0, 3, 4), (1, 4, 4)]
+    assert not (tmp_path / "eval" / "eval_info.json").exists()
 
 
 def test_more_workers_than_the_cluster_has_cpus_run_on_the_cpus_it_has(lift_policy, tmp_path, ray_session, capsys):

@@ -336,6 +336,11 @@ def test_the_fit_asks_for_two_cpus_and_evaluations_come_after_every_training(tmp
     assert cpus["fit_reward"] == 2.0 and {cpus[f"train_{p}"] for p in cfg.policies} == {1.0}
     evals = [s for s in stages if s.name.startswith("eval_")]  # on one core: Ray tasks, side by side; CPU only
     assert all(s.task_on_one_cpu and s.task_gpus == 0.0 and not s.remote for s in evals)
+    # the status line counts each evaluation's finished episodes in its own episode log
+    (tmp_path / "run" / "eval" / "iql-true").mkdir(parents=True)
+    (tmp_path / "run" / "eval" / "iql-true" / "episodes.jsonl").write_text('{"episode": 0}\n{"episode": 3}\n')
+    n = cfg.eval.episodes
+    assert [s.progress() for s in evals] == [f"0/{n} episodes", f"2/{n} episodes", f"0/{n} episodes"]
 
 
 def test_an_evaluation_starts_on_the_cores_left_beside_a_training(tmp_path, ray_session):

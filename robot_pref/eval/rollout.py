@@ -130,6 +130,15 @@ class _Worker:
         self.env.close()
 
 
+EPISODE_LOG = "episodes.jsonl"
+
+
+def episodes_done(out: str | Path) -> int:
+    """Episodes an evaluation writing to ``out`` has finished so far (the lines of its episode log)."""
+    path = Path(out) / EPISODE_LOG
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the episodes, write ``eval_info.json`` and videos to ``out``; returns the summary."""
     import imageio.v2 as imageio
@@ -149,36 +158,44 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     jobs = [(i, cfg.seed + i, video if i < cfg.videos else None) for i in range(cfg.episodes)]
     bar = tqdm(total=cfg.episodes, desc=f"eval {task}", unit="episode")
     rows: dict[int, dict] = {}
-    workers = min(resolve_workers(cfg.workers), cfg.episodes)
-    if workers <= 1:
-        worker = _Worker(str(policy_path), cfg.task, cfg.device)
-        max_steps = cfg.max_steps or worker.horizon()
-        try:
-            for i, seed, vid in jobs:
-                rows[i] = worker.run(seed, max_steps, vid)
-                bar.update(1)
-        finally:
-            worker.close()
-    else:
-        import ray
-        from robot_pref.console import actors_that_fit, init_ray
+    # each episode's row as soon as it ends: a crash or an interrupt keeps the finished ones, and the pipeline's
+    # status line counts them (`episodes_done`)
+    with (out / EPISODE_LOG).open("w") as episode_log:
+        def finished(i: int, row: dict) -> None:
+            rows[i] = row
+            episode_log.write(json.dumps({"episode": i, **{k: v for k, v in row.items() if k != "frames"}}) + "\n")
+            episode_log.flush()
+            bar.update(1)
 
-        init_ray(cfg.address)
-        gpus = 1 if cfg.device.startswith("cuda") else 0
-        workers = actors_that_fit(workers, "eval", num_gpus=gpus)
-        remote = ray.remote(num_cpus=1, num_gpus=gpus)(_Worker)
-        actors = [remote.remote(str(policy_path.resolve()), cfg.task, cfg.device)
-                  for _ in range(workers)]
-        try:
-            max_steps = cfg.max_steps or ray.get(actors[0].horizon.remote())
-            pending = {actors[k % len(actors)].run.remote(seed, max_steps, vid): i for k, (i, seed, vid) in enumerate(jobs)}
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                rows[pending.pop(done[0])] = ray.get(done[0])
-                bar.update(1)
-        finally:
-            for a in actors:
-                ray.kill(a)
+        workers = min(resolve_workers(cfg.workers), cfg.episodes)
+        if workers <= 1:
+            worker = _Worker(str(policy_path), cfg.task, cfg.device)
+            max_steps = cfg.max_steps or worker.horizon()
+            try:
+                for i, seed, vid in jobs:
+                    finished(i, worker.run(seed, max_steps, vid))
+            finally:
+                worker.close()
+        else:
+            import ray
+            from robot_pref.console import actors_that_fit, init_ray
+
+            init_ray(cfg.address)
+            gpus = 1 if cfg.device.startswith("cuda") else 0
+            workers = actors_that_fit(workers, "eval", num_gpus=gpus)
+            remote = ray.remote(num_cpus=1, num_gpus=gpus)(_Worker)
+            actors = [remote.remote(str(policy_path.resolve()), cfg.task, cfg.device)
+                      for _ in range(workers)]
+            try:
+                max_steps = cfg.max_steps or ray.get(actors[0].horizon.remote())
+                pending = {actors[k % len(actors)].run.remote(seed, max_steps, vid): i
+                           for k, (i, seed, vid) in enumerate(jobs)}
+                while pending:
+                    done, _ = ray.wait(list(pending), num_returns=1)
+                    finished(pending.pop(done[0]), ray.get(done[0]))
+            finally:
+                for a in actors:
+                    ray.kill(a)
     bar.close()
 
     per_episode, videos = [], []

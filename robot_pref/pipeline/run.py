@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal
 
 from robot_pref.data.dataset import frame_key as make_frame_key
 from robot_pref.envs.commands import CollectConfig
-from robot_pref.eval.rollout import EvalConfig
+from robot_pref.eval.rollout import EvalConfig, episodes_done
 from robot_pref.feedback.config import LabelConfig
 from robot_pref.render.render import RenderConfig
 from robot_pref.reward.config import FitRewardConfig, RelabelConfig
@@ -252,7 +252,8 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         if simulated:
             evaluations.append(Stage(f"eval_{policy}", eval_cfg, evaluate, (f"train_{policy}",),
                                      cpus=resolve_workers(cfg.eval.workers), shrink=_fewer_workers,
-                                     task_on_one_cpu=remote, task_gpus=float(cfg.eval.device.startswith("cuda"))))
+                                     task_on_one_cpu=remote, task_gpus=float(cfg.eval.device.startswith("cuda")),
+                                     progress=lambda c=eval_cfg: f"{episodes_done(c.out)}/{c.episodes} episodes"))
         else:
             evaluations.append(Stage(f"eval_{policy}", OfflineEvalConfig(policy=eval_cfg.policy,
                                                                          dataset=cfg.dataset, out=eval_cfg.out),
