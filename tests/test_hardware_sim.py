@@ -123,7 +123,9 @@ class NaNAt:
 
 def test_on_a_real_arm_a_fault_stops_the_run_for_the_operator(tmp_path):
     out = tmp_path / "rollout.json"
-    cfg = RolloutConfig(robot="fake", episodes=3, max_steps=4, out=str(out))  # fake: not simulated, like an arm
+    # fake: not simulated, like an arm; a watchdog of 40 periods, so a loaded machine's stall is not a second fault
+    calm = SafetyConfig(watchdog_periods=40)
+    cfg = RolloutConfig(robot="fake", episodes=3, max_steps=4, out=str(out), safety=calm)
     with pytest.raises(SafetyFault, match="--recover.*--seed 1 --episodes 2") as err:
         rollout(cfg, policy=NaNAt(3))
     assert err.value.reason == "invalid_command"
@@ -136,6 +138,6 @@ def test_on_a_real_arm_a_fault_stops_the_run_for_the_operator(tmp_path):
     assert len(prompts) == 1 and "episode 0 ended by a fault" in prompts[0] and "'go'" in prompts[0]
     with pytest.raises(SafetyFault, match="--seed 1"):
         rollout(cfg, policy=NaNAt(3), ask=lambda prompt: "")  # anything but 'go' ends the run
-    skip = rollout(RolloutConfig(robot="fake", episodes=3, max_steps=4, on_fault="skip"), policy=NaNAt(3))
+    skip = rollout(RolloutConfig(robot="fake", episodes=3, max_steps=4, on_fault="skip", safety=calm), policy=NaNAt(3))
     assert skip["completed"] and [e["steps"] for e in skip["episodes"]] == [2, 4, 4]
     assert (skip["successes"], skip["failures"], skip["unknown"], skip["success_rate"]) == (0, 1, 2, None)
