@@ -4,7 +4,8 @@
     .venv/bin/python tools/bench_iql.py --device cuda --compile   # on a GPU: eager, compiled, CUDA-graphed
 
 All contenders sample batches of 256 from the same 1M synthetic transitions and run in alternating
-rounds in one process (the machine is shared, so the load drifts; the median round is reported).
+rounds in one process (the machine is shared, so the load drifts; the median round is reported,
+and robot_pref's share of the ceiling in each round, whose two runs saw about the same load).
 - reference: IQL as usually written (CORL style): separate Q1/Q2/V/actor networks, three Adam
   optimizers and three backward passes per step, a per-parameter Python loop for the target update,
   a device-resident buffer indexed by indices drawn on the host.
@@ -311,6 +312,10 @@ def main():
         for name, r in med.items():
             print(f"{obs_dim}/{act_dim:<5}{name:<32}{r:>10.1f}{r / med['reference (CORL-style)']:>12.2f}x"
                   f"{100 * r / med['matmul ceiling']:>10.0f}%{r * ceiling.flops / 1e9:>9.1f}")
+        # the load drifts between rounds, and both runs of one round see about the same load
+        paired = [100 * ours / roof for ours, roof in zip(rates["robot_pref"], rates["matmul ceiling"])]
+        print(f"{'':8}robot_pref / ceiling in each round: {' '.join(f'{x:.0f}%' for x in paired)} "
+              f"(median {statistics.median(paired):.0f}%)")
     print(f"\nload average at the end {load_average():.1f} (a shared machine: compare ratios within one run)")
     if args.feature_steps:
         bench_features(args, device)
