@@ -313,7 +313,8 @@ def main():
             print(f"{obs_dim}/{act_dim:<5}{name:<32}{r:>10.1f}{r / med['reference (CORL-style)']:>12.2f}x"
                   f"{100 * r / med['matmul ceiling']:>10.0f}%{r * ceiling.flops / 1e9:>9.1f}")
         # the load drifts between rounds, and both runs of one round see about the same load
-        paired = [100 * ours / roof for ours, roof in zip(rates["robot_pref"], rates["matmul ceiling"])]
+        paired = [100 * update_rate / roof
+                  for update_rate, roof in zip(rates["robot_pref"], rates["matmul ceiling"])]
         print(f"{'':8}robot_pref / ceiling in each round: {' '.join(f'{x:.0f}%' for x in paired)} "
               f"(median {statistics.median(paired):.0f}%)")
     print(f"\nload average at the end {load_average():.1f} (a shared machine: compare ratios within one run)")
